@@ -1,0 +1,1 @@
+"""Flax modules; each is called as ``model.apply(variables, x_t, t, cond, train=...)``."""
