@@ -1,9 +1,47 @@
 """jaxdiff: a pure-JAX, functional research codebase for diffusion models.
 
+The public functional API, one module per concept::
+
     import jaxdiff as jd
     schedule = jd.schedules.linear(1000)
+    loss_fn = jd.losses.make_denoising_loss(model.apply, schedule, prediction="eps")
+    samples, trajectory = jd.samplers.ddim(denoise_fn, schedule, key, shape, num_steps=50)
+
+``data``, ``checkpoint`` and ``evaluation`` pull in TFDS, grain and orbax, so they are
+imported on first use (``jd.data``) rather than with the package.
 """
 
-from jaxdiff import conditioning, schedules
+import importlib
 
-__all__ = ["conditioning", "schedules"]
+from jaxdiff import (
+    conditioning,
+    guidance,
+    losses,
+    models,
+    optim,
+    samplers,
+    schedules,
+    train,
+    viz,
+)
+
+_LAZY = ("data", "checkpoint", "evaluation")
+
+__all__ = [
+    "conditioning",
+    "guidance",
+    "losses",
+    "models",
+    "optim",
+    "samplers",
+    "schedules",
+    "train",
+    "viz",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f"jaxdiff.{name}")
+    raise AttributeError(f"module 'jaxdiff' has no attribute {name!r}")

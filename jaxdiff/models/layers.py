@@ -1,0 +1,235 @@
+"""Reusable UNet pieces, written to match diffusers' layers parameter for parameter.
+
+Every module here mirrors one diffusers module (``diffusers.models``), with the same
+sub-module names, so a PyTorch state dict maps one to one onto the Flax tree (see the
+table in ``jaxdiff.models.unet``):
+
+* ``timestep_embedding``   ``embeddings.get_timestep_embedding`` (the sinusoids of Vaswani
+                           et al. 2017 sec. 3.5, used for t by DDPM, Ho et al. 2020 sec. 4)
+* ``TimestepEmbedding``    ``embeddings.TimestepEmbedding``  (linear_1, SiLU, linear_2)
+* ``ResnetBlock``          ``resnet.ResnetBlock2D`` with time_embedding_norm="default"
+* ``AttentionBlock``       ``attention_processor.Attention`` as built by the UNet2D blocks
+                           (group_norm, to_q, to_k, to_v, to_out_0; residual connection)
+* ``Downsample``           ``downsampling.Downsample2D(use_conv=True, padding=1)``
+* ``Upsample``             ``upsampling.Upsample2D(use_conv=True)``
+* ``split_cond``           reads a jaxdiff condition (None, labels, context, dict) and
+                           fills in the null label / null context a model needs.
+
+All modules compute in ``dtype`` and keep float32 parameters. Images are NHWC.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+PADDING_1 = ((1, 1), (1, 1))  # torch's padding=1; explicit so stride 2 pads like PyTorch
+
+
+def timestep_embedding(
+    t: jax.Array,
+    dim: int,
+    *,
+    max_period: float = 10000,
+    flip_sin_to_cos: bool = True,
+    freq_shift: float = 0,
+) -> jax.Array:
+    """Sinusoidal embedding of (possibly fractional) timesteps; (B,) -> (B, dim) float32.
+
+    Transformer positional encoding (Vaswani et al. 2017, sec. 3.5) applied to t, as in DDPM
+    (Ho et al. 2020, sec. 4 / appendix B). With half = dim // 2,
+    ``freq_k = exp(-log(max_period) * k / (half - freq_shift))`` for k in [0, half) and the
+    output is ``[cos(t freq), sin(t freq)]`` (``flip_sin_to_cos=True``) or
+    ``[sin(t freq), cos(t freq)]``; an odd ``dim`` gets one zero column at the end. Same
+    numbers as diffusers' ``get_timestep_embedding(t, dim, flip_sin_to_cos,
+    downscale_freq_shift=freq_shift, max_period=max_period)``; UNet2DModel's defaults are
+    ``flip_sin_to_cos=True, freq_shift=0``.
+    """
+    t = jnp.asarray(t, jnp.float32)
+    if t.ndim != 1:
+        raise ValueError(f"timestep_embedding wants t of shape (B,), got shape {t.shape}")
+    half = dim // 2
+    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
+    angles = t[:, None] * jnp.exp(exponent)[None, :]
+    sin, cos = jnp.sin(angles), jnp.cos(angles)
+    emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+    if dim % 2 == 1:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+def split_cond(
+    cond: Any, *, batch: int, num_classes: int | None, context_dim: int | None
+) -> tuple[jax.Array | None, jax.Array | None]:
+    """(labels (B,) int32 | None, context (B, D) float32 | None) from a jaxdiff condition.
+
+    ``cond`` is None, int labels (B,), a float context (B, D), or a dict with optional
+    'label' / 'context' entries ('hint' is for ControlNet and ignored here). A model with
+    ``num_classes`` (``context_dim``) always gets labels (a context): a missing one is the
+    null label ``num_classes`` (the zero context), so the parameter tree never depends on
+    the ``cond`` given at ``init`` and ``cond=None`` means "unconditional".
+    """
+    if cond is None:
+        labels = context = None
+    elif isinstance(cond, dict):
+        unknown = sorted(set(cond) - {"label", "context", "hint"})
+        if unknown:
+            raise ValueError(
+                f"cond dict has unknown keys {unknown}; use 'label', 'context', 'hint'"
+            )
+        labels, context = cond.get("label"), cond.get("context")
+    elif jnp.issubdtype(jnp.asarray(cond).dtype, jnp.integer):
+        labels, context = cond, None
+    else:
+        labels, context = None, cond
+
+    if labels is not None and num_classes is None:
+        raise ValueError("cond has class labels but the model has num_classes=None; set it")
+    if context is not None and context_dim is None:
+        raise ValueError("cond has a float context but the model has context_dim=None; set it")
+    if num_classes is not None:
+        labels = (
+            jnp.full((batch,), num_classes, jnp.int32)
+            if labels is None
+            else jnp.asarray(labels, jnp.int32).reshape(batch)
+        )
+    if context_dim is not None:
+        if context is None:
+            context = jnp.zeros((batch, context_dim), jnp.float32)
+        context = jnp.asarray(context, jnp.float32)
+        if context.shape != (batch, context_dim):
+            raise ValueError(
+                f"context must have shape (B, context_dim) = {(batch, context_dim)}, "
+                f"got {context.shape}"
+            )
+    return labels, context
+
+
+def _group_norm(num_groups: int, eps: float, dtype: Dtype, name: str) -> nn.GroupNorm:
+    # Flax computes the statistics in float32 even for bf16 inputs, like torch autocast.
+    return nn.GroupNorm(
+        num_groups=num_groups, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name
+    )
+
+
+def _conv(features: int, kernel: int, dtype: Dtype, name: str, stride: int = 1) -> nn.Conv:
+    padding = PADDING_1 if kernel == 3 else ((0, 0), (0, 0))
+    return nn.Conv(
+        features, (kernel, kernel), strides=(stride, stride), padding=padding,
+        dtype=dtype, param_dtype=jnp.float32, name=name,
+    )
+
+
+def _dense(features: int, dtype: Dtype, name: str) -> nn.Dense:
+    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class TimestepEmbedding(nn.Module):
+    """MLP on the sinusoidal embedding: linear_1 -> SiLU -> linear_2; (B, d) -> (B, features)."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = _dense(self.features, self.dtype, "linear_1")(x)
+        return _dense(self.features, self.dtype, "linear_2")(nn.silu(x))
+
+
+class ResnetBlock(nn.Module):
+    """Pre-norm residual block with an additive time embedding (DDPM appendix B; diffusers'
+    ResnetBlock2D, time_embedding_norm="default", output_scale_factor=1).
+
+    ``h = conv1(silu(norm1(x))) + time_emb_proj(silu(temb))``;
+    ``h = conv2(dropout(silu(norm2(h))))``; output ``shortcut(x) + h`` where the shortcut is
+    a 1x1 ``conv_shortcut`` only when the channel count changes.
+    x: (B, H, W, C_in), temb: (B, E) -> (B, H, W, out_channels).
+    """
+
+    out_channels: int
+    num_groups: int = 32
+    eps: float = 1e-5
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, temb: jax.Array, *, train: bool = False) -> jax.Array:
+        h = nn.silu(_group_norm(self.num_groups, self.eps, self.dtype, "norm1")(x))
+        h = _conv(self.out_channels, 3, self.dtype, "conv1")(h)
+        temb = _dense(self.out_channels, self.dtype, "time_emb_proj")(nn.silu(temb))
+        h = h + temb[:, None, None, :]
+        h = nn.silu(_group_norm(self.num_groups, self.eps, self.dtype, "norm2")(h))
+        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = _conv(self.out_channels, 3, self.dtype, "conv2")(h)
+        if x.shape[-1] != self.out_channels:
+            x = _conv(self.out_channels, 1, self.dtype, "conv_shortcut")(x)
+        return x + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the H*W positions, with a residual connection
+    (Vaswani et al. 2017 eq. 1; DDPM's attention at 16x16; diffusers' Attention built with
+    ``_from_deprecated_attn_block=True, residual_connection=True``).
+
+    ``heads = C // head_dim`` (``head_dim=None`` means one head of size C), softmax in
+    float32 (diffusers' ``upcast_softmax``). x: (B, H, W, C) -> (B, H, W, C).
+    """
+
+    head_dim: int | None = 8
+    num_groups: int = 32
+    eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, height, width, c = x.shape
+        head_dim = self.head_dim or c
+        if c % head_dim:
+            raise ValueError(
+                f"attention over {c} channels needs attention_head_dim dividing {c}, got "
+                f"{head_dim}"
+            )
+        heads = c // head_dim
+        h = _group_norm(self.num_groups, self.eps, self.dtype, "group_norm")(x)
+        h = h.reshape(b, height * width, c)
+        q, k, v = (
+            _dense(c, self.dtype, name)(h).reshape(b, height * width, heads, head_dim)
+            for name in ("to_q", "to_k", "to_v")
+        )
+        # jax.nn.dot_product_attention takes the logits' softmax in float32 for bf16 inputs.
+        out = jax.nn.dot_product_attention(q, k, v).reshape(b, height * width, c)
+        out = _dense(c, self.dtype, "to_out_0")(out)
+        return x + out.reshape(b, height, width, c)
+
+
+class Downsample(nn.Module):
+    """Learnable 2x downsampling: a 3x3 conv with stride 2 and padding 1 (``conv``).
+
+    (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), C).
+    """
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return _conv(x.shape[-1], 3, self.dtype, "conv", stride=2)(x)
+
+
+class Upsample(nn.Module):
+    """Learnable 2x upsampling: nearest-neighbour 2x, then a 3x3 conv (``conv``); the conv
+    avoids the checkerboard artefacts of transposed convs (Odena et al. 2016, Distill).
+
+    (B, H, W, C) -> (B, 2H, 2W, C).
+    """
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # = F.interpolate(mode="nearest")
+        return _conv(x.shape[-1], 3, self.dtype, "conv")(x)

@@ -1,0 +1,381 @@
+"""The main UNet: diffusers' ``UNet2DModel`` in Flax, parameter for parameter.
+
+The improvements of UNet2DModel over a basic UNet (MNIST seed): GroupNorm in every block,
+dropout, ``layers_per_block`` residual blocks per resolution, self-attention at chosen
+(low-resolution) levels, a sinusoidal timestep embedding + MLP added in every residual
+block, learnable down- (strided conv) and upsampling (nearest + conv). The architecture is
+the DDPM UNet (Ho et al. 2020, appendix B), itself PixelCNN++'s UNet with Wide-ResNet
+blocks. Optional class labels (a table of ``num_classes + 1`` rows, the last is the null
+label of classifier-free guidance) and a float context vector are added to the time
+embedding.
+
+Parameter names (diffusers state-dict key -> Flax path). Dots between a module and its
+list index become underscores; ``weight`` is ``kernel`` for Conv/Linear (conv (O, I, kh,
+kw) -> (kh, kw, I, O), linear (O, I) -> (I, O)), ``scale`` for GroupNorm and
+``embedding`` for nn.Embedding; ``bias`` stays ``bias``:
+
+    time_embedding.linear_{1,2}                  time_embedding/linear_{1,2}
+    class_embedding                              class_embedding   (num_classes + 1 rows)
+    (no counterpart)                             context_embedding (Dense, context_dim)
+    conv_in                                      conv_in
+    down_blocks.i.resnets.j.{norm1,conv1,        down_blocks_i/resnets_j/{norm1,conv1,
+        time_emb_proj,norm2,conv2,conv_shortcut}     time_emb_proj,norm2,conv2,conv_shortcut}
+    down_blocks.i.attentions.j.{group_norm,      down_blocks_i/attentions_j/{group_norm,
+        to_q,to_k,to_v,to_out.0}                     to_q,to_k,to_v,to_out_0}
+    down_blocks.i.downsamplers.0.conv            down_blocks_i/downsamplers_0/conv
+    mid_block.resnets.{0,1}, .attentions.0       mid_block/resnets_{0,1}, attentions_0
+    up_blocks.i.resnets.j (j < layers+1), ...    up_blocks_i/resnets_j, attentions_j
+    up_blocks.i.upsamplers.0.conv                up_blocks_i/upsamplers_0/conv
+    conv_norm_out, conv_out                      conv_norm_out, conv_out
+
+Down block i works at resolution H / 2**i; up block i at H / 2**(n-1-i). The last down
+block has no downsampler and the last up block no upsampler. ``diffusers_kwargs(unet,
+in_channels=C)`` gives the ``UNet2DModel(**kwargs)`` of the same architecture.
+
+ControlNet residuals (Zhang et al. 2023, "Adding Conditional Control to Text-to-Image
+Diffusion Models"; diffusers' ``down_block_additional_residuals`` /
+``mid_block_additional_residual``): the skip activations, in order, are conv_in's output,
+then for each down block i its ``layers_per_block`` resnet(+attention) outputs and, unless
+it is the last, its downsampler's output. ``UNet.skip_shapes(height, width)`` lists their
+(h, w, c); the mid-block residual has the shape of the last skip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxdiff.models.layers import (
+    PADDING_1,
+    AttentionBlock,
+    Downsample,
+    ResnetBlock,
+    TimestepEmbedding,
+    Upsample,
+    split_cond,
+    timestep_embedding,
+)
+
+Dtype = Any
+
+
+class DownBlock2D(nn.Module):
+    """``num_layers`` resnets (each followed by attention if ``attention``), then an optional
+    strided-conv downsampler. Returns (h, skips): one skip per resnet, plus the downsampled
+    h. diffusers' DownBlock2D / AttnDownBlock2D."""
+
+    out_channels: int
+    num_layers: int
+    attention: bool
+    add_downsample: bool
+    attention_head_dim: int | None = 8
+    num_groups: int = 32
+    eps: float = 1e-5
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, h: jax.Array, temb: jax.Array, *, train: bool = False
+    ) -> tuple[jax.Array, list[jax.Array]]:
+        skips = []
+        for j in range(self.num_layers):
+            h = ResnetBlock(
+                self.out_channels, self.num_groups, self.eps, self.dropout, self.dtype,
+                name=f"resnets_{j}",
+            )(h, temb, train=train)
+            if self.attention:
+                h = AttentionBlock(
+                    self.attention_head_dim, self.num_groups, self.eps, self.dtype,
+                    name=f"attentions_{j}",
+                )(h)
+            skips.append(h)
+        if self.add_downsample:
+            h = Downsample(self.dtype, name="downsamplers_0")(h)
+            skips.append(h)
+        return h, skips
+
+
+class UNetMidBlock2D(nn.Module):
+    """resnets_0, [attentions_0,] resnets_1 at the lowest resolution; shape-preserving."""
+
+    attention: bool = True
+    attention_head_dim: int | None = 8
+    num_groups: int = 32
+    eps: float = 1e-5
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h: jax.Array, temb: jax.Array, *, train: bool = False) -> jax.Array:
+        channels = h.shape[-1]
+        resnet = lambda j: ResnetBlock(  # noqa: E731
+            channels, self.num_groups, self.eps, self.dropout, self.dtype, name=f"resnets_{j}"
+        )
+        h = resnet(0)(h, temb, train=train)
+        if self.attention:
+            h = AttentionBlock(
+                self.attention_head_dim, self.num_groups, self.eps, self.dtype,
+                name="attentions_0",
+            )(h)
+        return resnet(1)(h, temb, train=train)
+
+
+class UpBlock2D(nn.Module):
+    """``num_layers`` resnets, each on concat(h, the next skip popped from the end), each
+    followed by attention if ``attention``, then an optional nearest+conv upsampler.
+    diffusers' UpBlock2D / AttnUpBlock2D (the UNet builds them with layers_per_block + 1)."""
+
+    out_channels: int
+    num_layers: int
+    attention: bool
+    add_upsample: bool
+    attention_head_dim: int | None = 8
+    num_groups: int = 32
+    eps: float = 1e-5
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, h: jax.Array, skips: Sequence[jax.Array], temb: jax.Array, *, train: bool = False
+    ) -> jax.Array:
+        skips = list(skips)
+        for j in range(self.num_layers):
+            h = jnp.concatenate([h, skips.pop()], axis=-1)
+            h = ResnetBlock(
+                self.out_channels, self.num_groups, self.eps, self.dropout, self.dtype,
+                name=f"resnets_{j}",
+            )(h, temb, train=train)
+            if self.attention:
+                h = AttentionBlock(
+                    self.attention_head_dim, self.num_groups, self.eps, self.dtype,
+                    name=f"attentions_{j}",
+                )(h)
+        if self.add_upsample:
+            h = Upsample(self.dtype, name="upsamplers_0")(h)
+        return h
+
+
+class UNet(nn.Module):
+    """UNet2DModel-style denoiser; ``apply(variables, x, t, cond, train=...)`` maps
+    (B, H, W, C) to (B, H, W, out_channels or C), float32.
+
+    Attributes:
+      block_out_channels: channels per resolution level, e.g. (32, 64, 64); for the
+        base-times-multipliers form pass ``tuple(base * m for m in mults)``.
+      layers_per_block: residual blocks per down level (up levels have one more).
+      attention_levels: level indices (0 = full resolution) with self-attention; the mid
+        block has attention when ``mid_attention``. Default (1, 2) is the MNIST seed's
+        ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D").
+      attention_head_dim: channels per attention head (None: one head per block).
+      norm_num_groups, norm_eps: GroupNorm groups (must divide every channel count), eps.
+      dropout: dropout rate inside every residual block (active only with train=True,
+        which then needs ``rngs={'dropout': key}``).
+      time_embedding_dim: width of the time embedding; None -> 4 * block_out_channels[0].
+      flip_sin_to_cos, freq_shift: options of ``timestep_embedding`` (diffusers defaults).
+      num_classes: number of class labels (table of num_classes + 1 rows, the last one the
+        null label), or None.
+      context_dim: size D of a float context (B, D) added to the time embedding through a
+        Dense layer (zeros = null), or None.
+      out_channels: output channels; None = the input's.
+      dtype: computation dtype; parameters stay float32 and the output is float32.
+    """
+
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 2
+    attention_levels: tuple[int, ...] = (1, 2)
+    mid_attention: bool = True
+    attention_head_dim: int | None = 8
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    time_embedding_dim: int | None = None
+    flip_sin_to_cos: bool = True
+    freq_shift: float = 0
+    num_classes: int | None = None
+    context_dim: int | None = None
+    out_channels: int | None = None
+    dtype: Dtype = jnp.float32
+
+    def skip_shapes(self, height: int, width: int) -> list[tuple[int, int, int]]:
+        """(h, w, c) of each skip activation, in the order ``down_residuals`` takes them.
+
+        The mid-block residual has the shape of the last entry.
+        """
+        chans, n = self.block_out_channels, len(self.block_out_channels)
+        shapes = [(height, width, chans[0])]
+        for i, c in enumerate(chans):
+            h, w = height // 2**i, width // 2**i
+            shapes += [(h, w, c)] * self.layers_per_block
+            if i < n - 1:
+                shapes.append((h // 2, w // 2, c))
+        return shapes
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        t: jax.Array,
+        cond: Any = None,
+        *,
+        train: bool = False,
+        down_residuals: Sequence[jax.Array] | None = None,
+        mid_residual: jax.Array | None = None,
+    ) -> jax.Array:
+        """x: (B, H, W, C); t: (B,) int timesteps (or a scalar); cond: None, (B,) int labels,
+        (B, D) float context or a dict with 'label' / 'context' ('hint' is ignored; a
+        missing label/context is the null one). down_residuals: a sequence matching
+        ``skip_shapes(H, W)``, added to the skips; mid_residual: added to the mid-block
+        output (ControlNet). Returns (B, H, W, out_channels or C) float32."""
+        self._check(x)
+        b, height, width, in_channels = x.shape
+        chans, n = self.block_out_channels, len(self.block_out_channels)
+        common = dict(
+            attention_head_dim=self.attention_head_dim, num_groups=self.norm_num_groups,
+            eps=self.norm_eps, dropout=self.dropout, dtype=self.dtype,
+        )
+
+        t = jnp.broadcast_to(jnp.asarray(t), (b,))
+        t_freq = timestep_embedding(
+            t, chans[0], flip_sin_to_cos=self.flip_sin_to_cos, freq_shift=self.freq_shift
+        )
+        temb_dim = self.time_embedding_dim or 4 * chans[0]
+        emb = TimestepEmbedding(temb_dim, self.dtype, name="time_embedding")(
+            t_freq.astype(self.dtype)
+        )
+        labels, context = split_cond(
+            cond, batch=b, num_classes=self.num_classes, context_dim=self.context_dim
+        )
+        if labels is not None:
+            emb = emb + nn.Embed(
+                self.num_classes + 1, temb_dim, dtype=self.dtype, param_dtype=jnp.float32,
+                name="class_embedding",
+            )(labels)
+        if context is not None:
+            emb = emb + nn.Dense(
+                temb_dim, dtype=self.dtype, param_dtype=jnp.float32, name="context_embedding"
+            )(context)
+
+        h = nn.Conv(
+            chans[0], (3, 3), padding=PADDING_1, dtype=self.dtype, param_dtype=jnp.float32,
+            name="conv_in",
+        )(x.astype(self.dtype))
+        skips = [h]
+        for i, c in enumerate(chans):
+            h, level_skips = DownBlock2D(
+                c, self.layers_per_block, i in self.attention_levels, i < n - 1,
+                name=f"down_blocks_{i}", **common,
+            )(h, emb, train=train)
+            skips += level_skips
+
+        if down_residuals is not None:
+            skips = self._add_residuals(skips, down_residuals)
+        h = UNetMidBlock2D(self.mid_attention, name="mid_block", **common)(h, emb, train=train)
+        if mid_residual is not None:
+            if mid_residual.shape != h.shape:
+                raise ValueError(f"mid_residual has shape {mid_residual.shape}, want {h.shape}")
+            h = h + mid_residual.astype(h.dtype)
+
+        for i, c in enumerate(reversed(chans)):
+            level_skips = skips[-(self.layers_per_block + 1):]
+            skips = skips[: -(self.layers_per_block + 1)]
+            h = UpBlock2D(
+                c, self.layers_per_block + 1, (n - 1 - i) in self.attention_levels, i < n - 1,
+                name=f"up_blocks_{i}", **common,
+            )(h, level_skips, emb, train=train)
+
+        h = nn.GroupNorm(
+            num_groups=self.norm_num_groups, epsilon=self.norm_eps, dtype=self.dtype,
+            param_dtype=jnp.float32, name="conv_norm_out",
+        )(h)
+        h = nn.Conv(
+            self.out_channels or in_channels, (3, 3), padding=PADDING_1, dtype=self.dtype,
+            param_dtype=jnp.float32, name="conv_out",
+        )(nn.silu(h))
+        return h.astype(jnp.float32)
+
+    def _check(self, x: jax.Array) -> None:
+        chans, n = self.block_out_channels, len(self.block_out_channels)
+        if x.ndim != 4:
+            raise ValueError(f"UNet wants NHWC images (B, H, W, C), got shape {x.shape}")
+        if n == 0:
+            raise ValueError("block_out_channels must list at least one level, e.g. (32, 64, 64)")
+        factor = 2 ** (n - 1)
+        if x.shape[1] % factor or x.shape[2] % factor:
+            raise ValueError(
+                f"image size {x.shape[1:3]} must be divisible by 2**(levels-1) = {factor} for "
+                f"{n} levels; pad the images or use fewer block_out_channels"
+            )
+        bad = [c for c in chans if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(
+                f"norm_num_groups={self.norm_num_groups} must divide every channel count; "
+                f"{bad} in block_out_channels={chans} do not"
+            )
+        if any(not 0 <= i < n for i in self.attention_levels):
+            raise ValueError(f"attention_levels {self.attention_levels} must be in [0, {n})")
+
+    def _add_residuals(
+        self, skips: list[jax.Array], residuals: Sequence[jax.Array]
+    ) -> list[jax.Array]:
+        if len(residuals) != len(skips):
+            raise ValueError(
+                f"down_residuals has {len(residuals)} arrays but the UNet has {len(skips)} "
+                "skip activations; see UNet.skip_shapes(height, width)"
+            )
+        out = []
+        for k, (s, r) in enumerate(zip(skips, residuals, strict=True)):
+            if r.shape != s.shape:
+                raise ValueError(f"down_residuals[{k}] has shape {r.shape}, want {s.shape}")
+            out.append(s + r.astype(s.dtype))
+        return out
+
+
+def diffusers_kwargs(
+    unet: UNet, *, in_channels: int, sample_size: int | None = None
+) -> dict[str, Any]:
+    """``diffusers.UNet2DModel(**kwargs)`` of the same architecture (same parameter count,
+    and the same function once the weights are copied over per the module docstring).
+
+    ``in_channels`` is needed because the Flax module infers it from its input. A UNet
+    with ``context_dim`` has no UNet2DModel twin (no context embedding there).
+    """
+    if unet.context_dim is not None:
+        raise ValueError(
+            "UNet2DModel has no float context embedding; use context_dim=None for a "
+            "diffusers twin"
+        )
+    chans, n = tuple(unet.block_out_channels), len(unet.block_out_channels)
+    attn = [i in unet.attention_levels for i in range(n)]
+    return dict(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=unet.out_channels or in_channels,
+        time_embedding_type="positional",
+        time_embedding_dim=unet.time_embedding_dim,
+        flip_sin_to_cos=unet.flip_sin_to_cos,
+        freq_shift=unet.freq_shift,
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        mid_block_type="UNetMidBlock2D",
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        block_out_channels=chans,
+        layers_per_block=unet.layers_per_block,
+        mid_block_scale_factor=1,
+        downsample_padding=1,
+        downsample_type="conv",
+        upsample_type="conv",
+        dropout=unet.dropout,
+        act_fn="silu",
+        attention_head_dim=unet.attention_head_dim,
+        norm_num_groups=unet.norm_num_groups,
+        norm_eps=unet.norm_eps,
+        resnet_time_scale_shift="default",
+        add_attention=unet.mid_attention,
+        class_embed_type=None,
+        num_class_embeds=None if unet.num_classes is None else unet.num_classes + 1,
+    )
