@@ -1,6 +1,8 @@
-"""A real, if weak, end-to-end check on real data: train a tiny class-conditional UNet (with CFG dropout) a few hundred steps on
-the MNIST test split with the real train step, sample with guided DDIM, and check the samples look
-more like digits than noise does by their pixel statistics."""
+"""A real, if weak, end-to-end check on real data.
+
+Train a tiny class-conditional UNet (with CFG label dropout) a few hundred steps on the MNIST
+test split with the real train step, sample with guided DDIM, and check that the samples'
+pixel statistics are closer to real digits than noise's are."""
 
 import jax
 import jax.numpy as jnp
