@@ -5,10 +5,11 @@ One jitted function does a whole step (loss, gradients, optimizer, EMA) over a
 the batch is split along its first axis, and XLA inserts the gradient all-reduce. The same
 code runs on 1 CPU, N GPUs, a TPU slice or several hosts.
 
-Randomness: the key of step s is ``fold_in(state.rng, s)``, and jax's threefry keys are
-partitionable (``jax_threefry_partitionable``, the default), so random draws over a global
-batch do not depend on how the batch is split: the same seed gives the same run on 1 device
-or N, up to float reduction order.
+Randomness: the key of step s is ``fold_in(state.rng, s)``, drawn from inside the jitted
+step over the global batch. A jitted program's values do not depend on its sharding, so the
+same seed gives the same run on 1 device or N, up to float reduction order; with
+``jax_threefry_partitionable`` (the default) each device draws its own shard of the noise
+without communication.
 
 Typical use::
 

@@ -129,6 +129,127 @@ def test_examples_do_not_interact(rgb):
     )
 
 
+def test_matches_the_pytorch_seed_model(rgb):
+    """Our weights in the seed's PyTorch ContextUnet (its code, with GroupNorm(8) for its
+    BatchNorm2d and a learned 1x1 shortcut, the documented differences) give our output:
+    checks the wiring (cemb * up + temb, concat orders, skips), t entering as (t + 1) / T,
+    and the kernel layouts."""
+    torch = pytest.importorskip("torch")
+    tnn = torch.nn
+    model, variables, apply, x, t, context = rgb
+    n, n_cfeat, h = SMALL["n_feat"], SMALL["n_cfeat"], SMALL["height"]
+
+    class ResidualConvBlock(tnn.Module):
+        def __init__(self, cin, cout, is_res=False):
+            super().__init__()
+            self.same_channels, self.is_res = cin == cout, is_res
+            block = lambda i: tnn.Sequential(  # noqa: E731
+                tnn.Conv2d(i, cout, 3, 1, 1), tnn.GroupNorm(8, cout), tnn.GELU())
+            self.conv1, self.conv2 = block(cin), block(cout)
+            if is_res and not self.same_channels:
+                self.shortcut = tnn.Conv2d(cin, cout, 1)
+
+        def forward(self, x):
+            x2 = self.conv2(self.conv1(x))
+            if not self.is_res:
+                return x2
+            return ((x if self.same_channels else self.shortcut(x)) + x2) / 1.414
+
+    class UnetUp(tnn.Module):
+        def __init__(self, cin, cout):
+            super().__init__()
+            self.model = tnn.Sequential(tnn.ConvTranspose2d(cin, cout, 2, 2),
+                                        ResidualConvBlock(cout, cout),
+                                        ResidualConvBlock(cout, cout))
+
+        def forward(self, x, skip):
+            return self.model(torch.cat((x, skip), 1))
+
+    def unet_down(cin, cout):
+        return tnn.Sequential(ResidualConvBlock(cin, cout), ResidualConvBlock(cout, cout),
+                              tnn.MaxPool2d(2))
+
+    def embed_fc(din, dout):
+        return tnn.Sequential(tnn.Linear(din, dout), tnn.GELU(), tnn.Linear(dout, dout))
+
+    class SeedContextUnet(tnn.Module):
+        def __init__(self, in_channels):
+            super().__init__()
+            self.init_conv = ResidualConvBlock(in_channels, n, is_res=True)
+            self.down1, self.down2 = unet_down(n, n), unet_down(n, 2 * n)
+            self.to_vec = tnn.Sequential(tnn.AvgPool2d(h // 4), tnn.GELU())
+            self.timeembed1, self.timeembed2 = embed_fc(1, 2 * n), embed_fc(1, n)
+            self.contextembed1 = embed_fc(n_cfeat, 2 * n)
+            self.contextembed2 = embed_fc(n_cfeat, n)
+            self.up0 = tnn.Sequential(tnn.ConvTranspose2d(2 * n, 2 * n, h // 4, h // 4),
+                                      tnn.GroupNorm(8, 2 * n), tnn.ReLU())
+            self.up1, self.up2 = UnetUp(4 * n, n), UnetUp(2 * n, n)
+            self.out = tnn.Sequential(tnn.Conv2d(2 * n, n, 3, 1, 1), tnn.GroupNorm(8, n),
+                                      tnn.ReLU(), tnn.Conv2d(n, in_channels, 3, 1, 1))
+
+        def forward(self, x, t, c):  # t: the seed's t / T, shape (B, 1)
+            x = self.init_conv(x)
+            down1 = self.down1(x)
+            down2 = self.down2(down1)
+            hiddenvec = self.to_vec(down2)
+            cemb1 = self.contextembed1(c).view(-1, 2 * n, 1, 1)
+            temb1 = self.timeembed1(t).view(-1, 2 * n, 1, 1)
+            cemb2 = self.contextembed2(c).view(-1, n, 1, 1)
+            temb2 = self.timeembed2(t).view(-1, n, 1, 1)
+            up1 = self.up0(hiddenvec)
+            up2 = self.up1(cemb1 * up1 + temb1, down2)
+            up3 = self.up2(cemb2 * up2 + temb2, down1)
+            return self.out(torch.cat((up3, x), 1))
+
+    p = variables["params"]
+
+    def conv(m, f, transpose=False):
+        k = np.asarray(f["kernel"])
+        # Flax's ConvTranspose (transpose_kernel=False) is torch's with the kernel flipped.
+        k = k[::-1, ::-1].transpose(2, 3, 0, 1) if transpose else k.transpose(3, 2, 0, 1)
+        m.weight.copy_(torch.from_numpy(k.copy()))
+        m.bias.copy_(torch.from_numpy(np.array(f["bias"])))
+
+    def affine(m, f, weight="scale"):  # Linear (kernel transposed) or GroupNorm
+        w = np.asarray(f[weight])
+        m.weight.copy_(torch.from_numpy((w.T if weight == "kernel" else w).copy()))
+        m.bias.copy_(torch.from_numpy(np.array(f["bias"])))
+
+    def res(m, f):
+        for i in (1, 2):
+            conv(getattr(m, f"conv{i}")[0], f[f"conv{i}"])
+            affine(getattr(m, f"conv{i}")[1], f[f"norm{i}"])
+        if "shortcut" in f:
+            conv(m.shortcut, f["shortcut"])
+
+    net = SeedContextUnet(in_channels=x.shape[-1])
+    with torch.no_grad():
+        res(net.init_conv, p["init_conv"])
+        for name in ("down1", "down2"):
+            res(getattr(net, name)[0], p[name]["res1"])
+            res(getattr(net, name)[1], p[name]["res2"])
+        for name in ("up1", "up2"):
+            up = getattr(net, name).model
+            conv(up[0], p[name]["up"], transpose=True)
+            res(up[1], p[name]["res1"])
+            res(up[2], p[name]["res2"])
+        for name in ("timeembed1", "timeembed2", "contextembed1", "contextembed2"):
+            affine(getattr(net, name)[0], p[name]["dense1"], "kernel")
+            affine(getattr(net, name)[2], p[name]["dense2"], "kernel")
+        conv(net.up0[0], p["up0_conv"], transpose=True)
+        affine(net.up0[1], p["up0_norm"])
+        conv(net.out[0], p["out_conv1"])
+        affine(net.out[1], p["out_norm"])
+        conv(net.out[3], p["out_conv2"])
+        seed_t = (np.asarray(t, np.float32) + 1.0) / T  # the seed's t / T, t in [1, T]
+        expected = net(
+            torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()),
+            torch.from_numpy(seed_t[:, None]),
+            torch.from_numpy(np.array(context)),
+        ).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(apply(variables, x, t, context), expected, rtol=1e-4, atol=1e-4)
+
+
 def _torch_seed_param_count(*, in_channels, n_feat, n_cfeat, height):
     """The PyTorch seed's ``sum(p.numel() for p in ContextUnet(...).parameters())``, from
     its layer list (BatchNorm2d: weight + bias per channel; the 1x1 shortcut is built in

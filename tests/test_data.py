@@ -228,6 +228,11 @@ def test_resize_and_pad():
     np.testing.assert_array_equal(down[0, :, :, 0], normalized([[0, 40], [80, 120]]))
     up = next(data.make_pipeline(source, batch_size=1, seed=0, image_size=(8, 6)))["image"]
     assert up.shape == (1, 8, 6, 1)
+    # INTER_LINEAR: corners keep the corner values (the blocks are 2 px wide), the rest
+    # interpolates between the four levels.
+    np.testing.assert_allclose(up[0, ::7, ::5, 0], normalized([[0, 40], [80, 120]]), atol=1e-6)
+    assert normalized(0) <= up.min() and up.max() <= normalized(120)
+    assert len(np.unique(up)) > 4  # interpolated, not nearest-neighbour
     padded = next(data.make_pipeline(source, batch_size=1, seed=0, pad_to=8))["image"][0, :, :, 0]
     np.testing.assert_array_equal(padded[2:6, 2:6], normalized(block))
     assert (padded[:2] == -1).all() and (padded[6:] == -1).all() and (padded[:, :2] == -1).all()

@@ -100,6 +100,15 @@ def test_loss_matches_numpy(prediction, weighting):
     np.testing.assert_allclose(float(loss), (w * per_example).mean(), rtol=2e-4)
 
 
+def test_timesteps_are_uniform_over_all_T_indices():
+    """t ~ U{0, ..., T-1}: index 0 (DDPM's t = 1) and T-1 both drawn, nothing outside."""
+    apply_fn, calls = _recorder()
+    losses.make_denoising_loss(apply_fn, SCHEDULE)({}, _batch(n=4000, size=1), jax.random.key(5))
+    counts = np.bincount(calls[0]["t"], minlength=100)
+    assert len(counts) == 100 and counts.min() > 0  # all 100 indices, none >= T
+    assert abs(calls[0]["t"].mean() - 49.5) < 1.5  # sd of the mean: 28.9 / sqrt(4000) = 0.46
+
+
 def _drop_fraction(batch, cond_of, num_classes=10):
     apply_fn, calls = _recorder()
     loss_fn = losses.make_denoising_loss(

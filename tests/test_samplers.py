@@ -149,21 +149,55 @@ def test_ddim_eta1_all_steps_equals_ddpm_posterior(clip_x0):
     assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-3  # the comparison can fail
 
 
-@pytest.mark.parametrize("eta", [0.0, 0.7])
-def test_ddim_matches_numpy_reference(eta):
-    """Strided DDIM, eq. 12 with eq. 16's sigma, in float64 on the same noise stream."""
+@pytest.mark.parametrize("variance", ["beta", "posterior"])
+def test_ddpm_clipped_matches_numpy_reference(variance):
+    """clip_x0=True: eq. 7's posterior mean from the clipped x0 (eq. 4 inverted), plus
+    sigma_t z with sigma_t^2 = beta_t or beta_tilde_t, and z = 0 at the last step (alg. 2)."""
+    key = jax.random.key(13)
+    out, _ = samplers.ddpm(fake_eps, SCHED, key, SHAPE, variance=variance, clip_x0=True)
+    b, a, ab = tables()
+    x, zs = noise_stream(key, SHAPE, range(T))
+    clipped_any = False
+    for t in range(T - 1, -1, -1):
+        ab_prev = ab[t - 1] if t > 0 else 1.0
+        eps = 0.5 * np.tanh(x) + 0.2 * t / T
+        x0 = (x - np.sqrt(1 - ab[t]) * eps) / np.sqrt(ab[t])
+        clipped_any |= bool(np.abs(x0).max() > 1.0)
+        x0 = np.clip(x0, -1.0, 1.0)
+        # 1 - ab_t = (1 - ab_prev) + ab_prev beta_t: the same number, but without the float32
+        # rounding of the table's ab_0 = 1 - 1e-4 (2e-4 relative in 1 - ab_0).
+        one_minus_ab = (1 - ab_prev) + ab_prev * b[t]
+        mean = (np.sqrt(ab_prev) * b[t] * x0 + np.sqrt(a[t]) * (1 - ab_prev) * x) / one_minus_ab
+        var = b[t] if variance == "beta" else (1 - ab_prev) / one_minus_ab * b[t]
+        x = mean + (np.sqrt(var) * zs[t] if t > 0 else 0.0)
+    assert clipped_any  # the clip is exercised, so a missing clip would fail
+    np.testing.assert_allclose(out, x, atol=5e-5)
+
+
+@pytest.mark.parametrize("eta,clip_x0", [(0.0, False), (0.7, False), (0.7, True)])
+def test_ddim_matches_numpy_reference(eta, clip_x0):
+    """Strided DDIM, eq. 12 with eq. 16's sigma, in float64 on the same noise stream. With
+    clip_x0, x0 is clipped and eps recomputed from it (eq. 4 solved for eps)."""
     key, num_steps = jax.random.key(4), 7
-    out, _ = samplers.ddim(fake_eps, SCHED, key, SHAPE, num_steps=num_steps, eta=eta, clip_x0=False)
+    out, _ = samplers.ddim(
+        fake_eps, SCHED, key, SHAPE, num_steps=num_steps, eta=eta, clip_x0=clip_x0
+    )
     _, _, ab = tables()
     ts = np.round(np.linspace(T - 1, 0, num_steps)).astype(int)
     assert ts[0] == T - 1 and ts[-1] == 0 and len(set(ts)) == num_steps
     x, zs = noise_stream(key, SHAPE, ts)
+    clipped_any = False
     for i, t in enumerate(ts):
         ab_prev = ab[ts[i + 1]] if i + 1 < num_steps else 1.0
         eps = 0.5 * np.tanh(x) + 0.2 * t / T
         x0 = (x - np.sqrt(1 - ab[t]) * eps) / np.sqrt(ab[t])
+        if clip_x0:
+            clipped_any |= bool(np.abs(x0).max() > 1.0)
+            x0 = np.clip(x0, -1.0, 1.0)
+            eps = (x - np.sqrt(ab[t]) * x0) / np.sqrt(1 - ab[t])
         sigma = eta * np.sqrt((1 - ab_prev) / (1 - ab[t]) * (1 - ab[t] / ab_prev))
         x = np.sqrt(ab_prev) * x0 + np.sqrt(1 - ab_prev - sigma**2) * eps + sigma * zs[t]
+    assert clipped_any or not clip_x0
     np.testing.assert_allclose(out, x, atol=5e-5)
 
 

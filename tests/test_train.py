@@ -103,8 +103,13 @@ def test_non_finite_batch_is_skipped(trained):
     state = train.replicate(
         train.create_train_state(trained["params"], trained["optimizer"], jax.random.key(0)),
         mesh)
+    # The step's key is fold_in(rng, step): step 0's loss is loss_fn at fold_in(key, 0).
+    loss_at = jax.jit(lambda p, s: trained["loss_fn"](
+        p, batch, jax.random.fold_in(jax.random.key(0), s))[0])
+    expected = float(loss_at(trained["params"], 0))
     state, metrics = step(state, train.shard_batch(batch, mesh))
     assert float(metrics["skipped"]) == 0
+    assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5)
     before = jax.device_get((state.params, state.opt_state))  # state is donated below
 
     bad = dict(batch, image=batch["image"].copy())
@@ -117,6 +122,10 @@ def test_non_finite_batch_is_skipped(trained):
     state, metrics = step(state, train.shard_batch(batch, mesh))
     assert float(metrics["skipped"]) == 0 and np.isfinite(float(metrics["loss"]))
     assert int(state.step) == 3
+    # The skipped step still used up its key: this step drew fold_in(key, 2), not 1.
+    fresh, reused = float(loss_at(before[0], 2)), float(loss_at(before[0], 1))
+    assert float(metrics["loss"]) == pytest.approx(fresh, rel=1e-5)
+    assert abs(fresh - reused) > 1e-3 * fresh
 
 
 SUBPROCESS = """

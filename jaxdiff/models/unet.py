@@ -63,6 +63,22 @@ from jaxdiff.models.layers import (
 Dtype = Any
 
 
+# The blocks below share these two builders. Called inside a block's compact __call__, the
+# sub-module gets that block as its parent (Flax's module stack), so the parameter paths
+# are block/resnets_j and block/attentions_j as in diffusers.
+def _resnet(block: nn.Module, channels: int, j: int) -> ResnetBlock:
+    return ResnetBlock(
+        channels, block.num_groups, block.eps, block.dropout, block.dtype, name=f"resnets_{j}"
+    )
+
+
+def _attention(block: nn.Module, j: int) -> AttentionBlock:
+    return AttentionBlock(
+        block.attention_head_dim, block.num_groups, block.eps, block.dtype,
+        name=f"attentions_{j}",
+    )
+
+
 class DownBlock2D(nn.Module):
     """``num_layers`` resnets (each followed by attention if ``attention``), then an optional
     strided-conv downsampler. Returns (h, skips): one skip per resnet, plus the downsampled
@@ -84,15 +100,9 @@ class DownBlock2D(nn.Module):
     ) -> tuple[jax.Array, list[jax.Array]]:
         skips = []
         for j in range(self.num_layers):
-            h = ResnetBlock(
-                self.out_channels, self.num_groups, self.eps, self.dropout, self.dtype,
-                name=f"resnets_{j}",
-            )(h, temb, train=train)
+            h = _resnet(self, self.out_channels, j)(h, temb, train=train)
             if self.attention:
-                h = AttentionBlock(
-                    self.attention_head_dim, self.num_groups, self.eps, self.dtype,
-                    name=f"attentions_{j}",
-                )(h)
+                h = _attention(self, j)(h)
             skips.append(h)
         if self.add_downsample:
             h = Downsample(self.dtype, name="downsamplers_0")(h)
@@ -113,16 +123,10 @@ class UNetMidBlock2D(nn.Module):
     @nn.compact
     def __call__(self, h: jax.Array, temb: jax.Array, *, train: bool = False) -> jax.Array:
         channels = h.shape[-1]
-        resnet = lambda j: ResnetBlock(  # noqa: E731
-            channels, self.num_groups, self.eps, self.dropout, self.dtype, name=f"resnets_{j}"
-        )
-        h = resnet(0)(h, temb, train=train)
+        h = _resnet(self, channels, 0)(h, temb, train=train)
         if self.attention:
-            h = AttentionBlock(
-                self.attention_head_dim, self.num_groups, self.eps, self.dtype,
-                name="attentions_0",
-            )(h)
-        return resnet(1)(h, temb, train=train)
+            h = _attention(self, 0)(h)
+        return _resnet(self, channels, 1)(h, temb, train=train)
 
 
 class UpBlock2D(nn.Module):
@@ -147,15 +151,9 @@ class UpBlock2D(nn.Module):
         skips = list(skips)
         for j in range(self.num_layers):
             h = jnp.concatenate([h, skips.pop()], axis=-1)
-            h = ResnetBlock(
-                self.out_channels, self.num_groups, self.eps, self.dropout, self.dtype,
-                name=f"resnets_{j}",
-            )(h, temb, train=train)
+            h = _resnet(self, self.out_channels, j)(h, temb, train=train)
             if self.attention:
-                h = AttentionBlock(
-                    self.attention_head_dim, self.num_groups, self.eps, self.dtype,
-                    name=f"attentions_{j}",
-                )(h)
+                h = _attention(self, j)(h)
         if self.add_upsample:
             h = Upsample(self.dtype, name="upsamplers_0")(h)
         return h
