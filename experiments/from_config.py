@@ -1,0 +1,351 @@
+"""From a config to the objects of a run, shared by experiments/train.py and sample.py.
+
+Every user mistake found here raises ``ConfigError`` (a ValueError) with a one-line message
+that names the config field and how to fix it; the CLIs print it as ``error: ...`` and exit 2
+instead of showing a traceback (``exit_on_user_error``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxdiff import checkpoint, losses, models, optim, schedules
+from jaxdiff import train as jd_train
+
+SCHEDULES = ("linear", "cosine")
+LOSSES = ("denoising", "corruption")
+SAMPLERS = ("ddpm", "ddpm_no_noise", "ddim", "corruption")
+
+
+class ConfigError(ValueError):
+    """A config field has a value the run cannot use; the message says which and why."""
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Turns the errors a user can fix (bad config, missing files, a workdir that does not
+    fit the config) into ``error: <message>`` on stderr and exit status 2."""
+    try:
+        yield
+    except (ValueError, OSError) as e:
+        # ValueError covers ConfigError and CheckpointMismatchError; the library raises
+        # ValueError/FileNotFoundError only for inputs the user chose (CONTRACTS.md). OSError
+        # also covers a config file that fails to load (config_flags loads it lazily).
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_flags(argv: list[str], flag_values: Any = None) -> list[str]:
+    """absl's flag parser for ``app.run(main, flags_parser=parse_flags)``, with one-line
+    errors: an unknown config field (``--config.train.stepz=3``), a value of the wrong type
+    (``--config.train.steps=abc``) or a config file that does not load exit with status 2."""
+    from absl import flags
+
+    try:
+        return (flag_values or flags.FLAGS)(argv)
+    except flags.Error as e:  # wrong type or unknown flag: absl's message is already clear
+        message = str(e)
+    except (AttributeError, KeyError) as e:  # an override names a field the config lacks
+        # ConfigDict says e.g. '\'stepz\'\nDid you mean "steps" instead of "stepz"?'
+        text = str(e)
+        guess = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
+        field = guess.group(2) if guess else re.search(r"\w+", text).group(0)
+        overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        named = [a for a in overrides if field in a.split(".")] or overrides or ["--config"]
+        message = (
+            f"{named[0]}: the config has no field {field!r}"
+            + (f" (did you mean {guess.group(1)!r}?)" if guess else "")
+            + '; list the fields with: python -c "from configs import <name>; '
+            'print(<name>.get_config())"'
+        )
+    except OSError as e:  # config file missing or raising on import
+        message = " ".join(str(e).split())
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
+    """Static checks of the fields a typo or a bad override breaks (before any compile)."""
+    t, d, s = config.train, config.diffusion, config.sample
+    for name in ("steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
+        if int(t[name]) <= 0:
+            raise ConfigError(f"train.{name} must be a positive integer, got {t[name]}")
+    if int(config.data.batch_size) <= 0:
+        raise ConfigError(f"data.batch_size must be positive, got {config.data.batch_size}")
+    if config.data.batch_size % num_devices:
+        raise ConfigError(
+            f"data.batch_size={config.data.batch_size} does not split over {num_devices} "
+            f"devices; use a multiple of {num_devices}"
+        )
+    if float(t.learning_rate) <= 0:
+        raise ConfigError(f"train.learning_rate must be > 0, got {t.learning_rate}")
+    if not 0.0 <= float(t.cond_drop_prob) <= 1.0:
+        raise ConfigError(f"train.cond_drop_prob must be in [0, 1], got {t.cond_drop_prob}")
+    if not 0.0 <= float(t.ema_decay) <= 1.0:
+        raise ConfigError(f"train.ema_decay must be in [0, 1], got {t.ema_decay}")
+    if config.model.name not in models.MODEL_NAMES:
+        raise ConfigError(
+            f"model.name must be one of {models.MODEL_NAMES}, got {config.model.name!r}"
+        )
+    if d.schedule not in SCHEDULES:
+        raise ConfigError(f"diffusion.schedule must be one of {SCHEDULES}, got {d.schedule!r}")
+    if d.prediction not in schedules.PREDICTIONS:
+        raise ConfigError(
+            f"diffusion.prediction must be one of {schedules.PREDICTIONS}, got {d.prediction!r}"
+        )
+    if d.loss not in LOSSES:
+        raise ConfigError(f"diffusion.loss must be one of {LOSSES}, got {d.loss!r}")
+    if int(d.num_timesteps) < 1:
+        raise ConfigError(f"diffusion.num_timesteps must be >= 1, got {d.num_timesteps}")
+    validate_sampling(
+        config, sampler=s.sampler, steps=s.steps, eta=s.eta, guidance_scale=s.guidance_scale
+    )
+
+
+def validate_sampling(
+    config: ml_collections.ConfigDict,
+    *,
+    sampler: str,
+    steps: int,
+    eta: float,
+    guidance_scale: float,
+) -> None:
+    """Checks sampler options (config.sample or sample.py's flags) against the run's config."""
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if (sampler == "corruption") != (config.diffusion.loss == "corruption"):
+        raise ConfigError(
+            f"sampler {sampler!r} does not match diffusion.loss={config.diffusion.loss!r}: the "
+            "corruption sampler goes with the corruption loss only"
+        )
+    if int(steps) < 1:
+        raise ConfigError(f"sample steps must be >= 1, got {steps}")
+    if sampler == "ddim" and int(steps) > int(config.diffusion.num_timesteps):
+        raise ConfigError(
+            f"ddim steps={steps} exceed diffusion.num_timesteps={config.diffusion.num_timesteps}"
+        )
+    if eta < 0:
+        raise ConfigError(f"eta must be >= 0, got {eta}")
+    if guidance_scale < 0:
+        raise ConfigError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    if guidance_scale > 0 and not is_conditional(config):
+        raise ConfigError(
+            f"guidance_scale={guidance_scale} needs a conditional model, but model "
+            f"{config.model.name!r} has no num_classes/context_dim; set guidance_scale=0"
+        )
+
+
+def is_conditional(config: ml_collections.ConfigDict) -> bool:
+    if config.model.name == "context_unet":
+        return True  # always takes a context; zeros is the null one
+    return bool(config.model.get("num_classes")) or bool(config.model.get("context_dim"))
+
+
+def build_model(config: ml_collections.ConfigDict) -> nn.Module:
+    """The Flax module of ``config.model``, checked against the data's image shape."""
+    try:
+        model = models.build(config.model)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config.model: {e}") from None
+    x = jax.ShapeDtypeStruct(image_shape(config, batch=1), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    try:
+        variables = jax.eval_shape(model.init, jax.random.key(0), x, t, None)
+        out = jax.eval_shape(model.apply, variables, x, t, None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(
+            f"model {config.model.name!r} cannot take {x.shape[1]}x{x.shape[2]}x{x.shape[3]} "
+            f"images (data.image_size, data.channels): {e}"
+        ) from None
+    if out.shape != x.shape:
+        raise ConfigError(
+            f"model {config.model.name!r} maps {x.shape} images to {out.shape}; set "
+            "model.out_channels to the image channels"
+        )
+    return model
+
+
+def image_shape(config: ml_collections.ConfigDict, *, batch: int) -> tuple[int, int, int, int]:
+    size = int(config.data.image_size)
+    return (batch, size, size, int(config.data.channels))
+
+
+def cond_spec(model: nn.Module) -> tuple[int | None, int | None]:
+    """(num_classes, context_dim) of a built model; None where it takes no such input."""
+    return getattr(model, "num_classes", None), getattr(model, "context_dim", None)
+
+
+def build_schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
+    d = config.diffusion
+    try:
+        if d.schedule == "linear":
+            return schedules.linear(
+                int(d.num_timesteps), beta_start=float(d.beta_start), beta_end=float(d.beta_end)
+            )
+        return schedules.cosine(int(d.num_timesteps))
+    except ValueError as e:
+        raise ConfigError(f"config.diffusion: {e}") from None
+
+
+def build_loss(
+    config: ml_collections.ConfigDict, model: nn.Module, schedule: schedules.Schedule
+) -> losses.LossFn:
+    if config.diffusion.loss == "corruption":
+        return losses.make_corruption_loss(model.apply)
+    num_classes, _ = cond_spec(model)
+    return losses.make_denoising_loss(
+        model.apply,
+        schedule,
+        prediction=config.diffusion.prediction,
+        cond_drop_prob=float(config.train.cond_drop_prob),
+        num_classes=num_classes,
+        loss_weighting=config.diffusion.get("loss_weighting", "none"),
+    )
+
+
+def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    t = config.train
+    try:
+        return optim.make_optimizer(
+            learning_rate=float(t.learning_rate),
+            warmup_steps=int(t.warmup_steps),
+            decay_steps=int(t.steps) if t.get("cosine_decay", False) else None,
+            weight_decay=float(t.weight_decay),
+            grad_clip=float(t.grad_clip),
+            ema_decay=float(t.ema_decay),
+            ema_start_step=int(t.ema_start_step),
+        )
+    except ValueError as e:
+        raise ConfigError(f"config.train: {e}") from None
+
+
+def init_state(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    key: jax.Array,
+) -> jd_train.TrainState:
+    """A fresh TrainState at step 0 (params from ``key``; the step rng from ``key`` too)."""
+    init_key, state_key = jax.random.split(key)
+    x = jnp.zeros(image_shape(config, batch=1), jnp.float32)
+    t = jnp.zeros((1,), jnp.int32)
+    params = jax.jit(model.init)(init_key, x, t, None)["params"]
+    return jd_train.create_train_state(params, optimizer, state_key)
+
+
+def restore_for_sampling(config: ml_collections.ConfigDict, workdir: str, model: nn.Module):
+    """(params, ema_params, step) of the newest complete checkpoint in ``workdir``."""
+    optimizer = build_optimizer(config)
+    abstract = jax.eval_shape(lambda: init_state(config, model, optimizer, jax.random.key(0)))
+    manager = checkpoint.make_manager(workdir, read_only=True)
+    restored = checkpoint.restore(manager, state=abstract, config=config)
+    if restored is None:
+        raise FileNotFoundError(
+            f"no complete checkpoint in {checkpoint.checkpoint_dir(workdir)}; train first with "
+            f"python -m experiments.train --config <config> --workdir {workdir}"
+        )
+    state, step = restored
+    return state.params, optim.ema_params(state.opt_state), step
+
+
+def grid_conds(model: nn.Module, *, per_row: int) -> tuple[Any, int]:
+    """(cond, num_rows) for a preview grid with one row per class / one-hot context.
+
+    Int labels (B,) for a model with num_classes (ContextUnet one-hot encodes them: the
+    sprites' 5 categories); one-hot float contexts (B, D) for a model with only a context;
+    None (rows of ``per_row``) for an unconditional model.
+    """
+    num_classes, context_dim = cond_spec(model)
+    if num_classes:
+        return jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), per_row), num_classes
+    if context_dim:
+        return jnp.repeat(jnp.eye(context_dim, dtype=jnp.float32), per_row, axis=0), context_dim
+    return None, 0
+
+
+def make_sample_fn(
+    model: nn.Module,
+    schedule: schedules.Schedule,
+    *,
+    sampler: str,
+    steps: int,
+    eta: float,
+    guidance_scale: float,
+    prediction: str,
+    shape: tuple[int, ...],
+    keep_every: int = 0,
+    mesh: jax.sharding.Mesh | None = None,
+) -> Callable[[Any, jax.Array, Any], tuple[jax.Array, jax.Array | None]]:
+    """``sample(params, key, cond) -> (images (B,H,W,C) in [-1,1], trajectory)``, jitted.
+
+    params and cond are arguments, not constants baked into the program, so one compile
+    serves every checkpoint (the train loop's previews) and every label set.
+    """
+    from jaxdiff import guidance, samplers
+
+    num_classes, _ = cond_spec(model)
+    sample_fn = getattr(samplers, sampler)
+    # ddpm and ddpm_no_noise walk all T steps; ddim strides over ``steps`` of them; the
+    # corruption baseline's model predicts the clean image, whatever the config says.
+    options: dict[str, Any] = {"keep_every": keep_every, "prediction": prediction, "mesh": mesh}
+    if sampler == "ddim":
+        options.update(num_steps=int(steps), eta=float(eta))
+    elif sampler == "corruption":
+        options.update(num_steps=int(steps), prediction="x0")
+
+    def run(params, key, cond):
+        def denoise_fn(x_t, t, c):
+            return model.apply({"params": params}, x_t, t, c)
+
+        if guidance_scale > 0:
+            denoise_fn = guidance.cfg(
+                denoise_fn, guidance_scale=guidance_scale, num_classes=num_classes
+            )
+        images, trajectory = sample_fn(denoise_fn, schedule, key, shape, cond=cond, **options)
+        return jnp.clip(images, -1.0, 1.0), trajectory
+
+    return jax.jit(run)
+
+
+def grid_columns(num_images: int, rows: int) -> int:
+    return num_images // rows if rows else math.ceil(math.sqrt(num_images))
+
+
+def build_data(config: ml_collections.ConfigDict) -> Any:
+    """The checkpointable grain iterator of training batches described by ``config.data``.
+
+    Images are resized to ``data.resize_to`` and zero-padded to ``data.image_size`` when
+    ``resize_to`` is set (digits: 8 -> 12 -> 16, a black border like MNIST's), else resized
+    to ``data.image_size``.
+    """
+    from jaxdiff import data
+
+    d = config.data
+    source = data.make_source(d)
+    channels = np.asarray(source[0]["image"]).shape[-1] if np.ndim(source[0]["image"]) == 3 else 1
+    if channels != int(d.channels):
+        raise ConfigError(
+            f"data.channels={d.channels} but the {d.source} data have {channels} channels; "
+            f"set --config.data.channels={channels}"
+        )
+    resize_to = d.get("resize_to")
+    return data.make_pipeline(
+        source,
+        batch_size=int(d.batch_size),
+        seed=int(config.train.seed),
+        image_size=int(resize_to or d.image_size),
+        pad_to=int(d.image_size) if resize_to else None,
+        worker_count=int(d.get("worker_count", 0)),
+    )

@@ -1,0 +1,301 @@
+"""Trains a diffusion model from a config; resumes from the workdir's newest checkpoint.
+
+    python -m experiments.train --config configs/digits.py --workdir runs/digits
+    python -m experiments.train --config configs/mnist.py --workdir runs/mnist \\
+        --config.train.steps=2000 --config.data.batch_size=64
+
+Writes to the workdir: ``checkpoints/`` (orbax; the last ``train.keep_checkpoints``),
+``metrics.jsonl`` (one JSON line every ``train.log_every`` steps), ``tensorboard/`` (event
+files), ``samples/step_<N>.png`` (EMA-params previews; one row per class with CFG) and
+``config.json``. SIGTERM or Ctrl-C saves a checkpoint and exits (status 128 + signal);
+running the same command again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tensorboardX import SummaryWriter
+
+from experiments import from_config
+from jaxdiff import checkpoint, optim
+from jaxdiff import train as jd_train
+
+
+def define_flags() -> None:
+    """The CLI's flags; defined only when run as a program, so that train.py and sample.py
+    can both be imported in one process (tests, notebooks)."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Experiment config file, e.g. configs/digits.py.", lock_config=True
+    )
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+
+
+class TrainingInterrupted(Exception):
+    """Raised after SIGTERM/SIGINT once the checkpoint of ``step`` is on disk."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
+        self.signum, self.step = signum, step
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> jd_train.TrainState:
+    """Trains for ``config.train.steps`` steps in total (resuming), previewing and saving.
+
+    Returns the final TrainState. Raises ConfigError (bad config), CheckpointMismatchError
+    (the workdir holds another model), FileNotFoundError (missing data) before any step, and
+    TrainingInterrupted after saving when SIGTERM/SIGINT arrives.
+    """
+    mesh = jd_train.make_mesh()
+    from_config.validate_config(config, num_devices=mesh.size)
+    model = from_config.build_model(config)
+    schedule = from_config.build_schedule(config)
+    optimizer = from_config.build_optimizer(config)
+    loss_fn = from_config.build_loss(config, model, schedule)
+    data_iterator = from_config.build_data(config)
+
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    state_key, preview_key = jax.random.split(jax.random.key(int(config.train.seed)))
+    # Restored into shapes alone (and straight onto every device): a resumed run, or one
+    # whose workdir does not fit the config, never compiles the model's init.
+    replicated = jd_train.replicated_sharding(mesh)
+    shapes = jax.eval_shape(
+        lambda key: from_config.init_state(config, model, optimizer, key), state_key
+    )
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes
+    )
+    manager = checkpoint.make_manager(workdir, keep=int(config.train.keep_checkpoints))
+    restored = checkpoint.restore(
+        manager, state=abstract, config=config, data_iterator=data_iterator
+    )
+    if restored is not None:
+        state, start_step = restored
+        print(f"resuming from the checkpoint of step {start_step} in {workdir}", file=sys.stderr)
+    else:
+        start_step = 0
+        state = jd_train.replicate(
+            from_config.init_state(config, model, optimizer, state_key), mesh
+        )
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+
+    total_steps = int(config.train.steps)
+    if start_step >= total_steps:
+        print(f"{workdir} is already trained for {start_step} >= train.steps={total_steps} steps")
+        return state
+    train_step = jd_train.make_train_step(loss_fn, optimizer, mesh)
+    preview = _Preview(config, model, schedule, workdir, preview_key, mesh)
+    logger = _MetricLogger(workdir, start_step=start_step)
+    stop = _StopOnSignal()
+    t = config.train
+    last_saved = start_step
+    step = start_step
+    progress = tqdm.tqdm(
+        total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True
+    )
+    try:
+        with stop:
+            while step < total_steps and stop.signum is None:
+                batch = jd_train.shard_batch(next(data_iterator), mesh)
+                state, metrics = train_step(state, batch)
+                step += 1
+                logger.append(metrics)  # stays on device until the next log line
+                progress.update(1)
+                done = step == total_steps
+                if step % t.log_every == 0 or done:
+                    record = logger.write(step, batch_size=int(config.data.batch_size))
+                    progress.set_postfix(
+                        loss=f"{record['loss']:.4f}",
+                        steps_per_s=f"{record['steps_per_s']:.2f}",
+                        images_per_s=f"{record['images_per_s']:.0f}",
+                    )
+                if step % t.sample_every == 0:
+                    preview.write(step, optim.ema_params(state.opt_state), logger.writer)
+                if step % t.checkpoint_every == 0 or done:
+                    # Waits for the write: a crash (SIGKILL, OOM) then loses at most
+                    # checkpoint_every steps; an async save still in flight would lose 2x.
+                    checkpoint.save(
+                        manager,
+                        step,
+                        state=state,
+                        config=config,
+                        data_iterator=data_iterator,
+                        wait=True,
+                    )
+                    last_saved = step
+            if stop.signum is not None and last_saved != step:
+                checkpoint.save(
+                    manager,
+                    step,
+                    state=state,
+                    config=config,
+                    data_iterator=data_iterator,
+                    wait=True,
+                )
+    finally:
+        progress.close()
+        manager.close()
+        logger.close()
+    if stop.signum is not None:
+        raise TrainingInterrupted(stop.signum, step)
+    return state
+
+
+class _StopOnSignal:
+    """Within ``with``: the first SIGTERM/SIGINT sets ``signum`` (the loop then saves and
+    stops); a second Ctrl-C raises KeyboardInterrupt at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(
+            f"\n{signal.Signals(signum).name}: saving a checkpoint, then stopping "
+            "(Ctrl-C again to stop without saving)",
+            file=sys.stderr,
+        )
+
+    def __enter__(self):
+        try:
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread (e.g. a notebook worker): no handlers
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+        return False
+
+
+class _MetricLogger:
+    """Metrics to ``metrics.jsonl`` and TensorBoard, averaged over each log window.
+
+    On resume the lines (and TensorBoard events) after the restored step are dropped: they
+    came from steps a crash threw away and that are now run again.
+    """
+
+    def __init__(self, workdir: pathlib.Path, *, start_step: int):
+        self.path = workdir / "metrics.jsonl"
+        if self.path.exists():
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= start_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self.file = self.path.open("a")
+        self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1)
+        self.pending: list[dict[str, jax.Array]] = []
+        self.time, self.step = time.perf_counter(), start_step
+
+    def append(self, metrics: dict[str, jax.Array]) -> None:
+        self.pending.append(metrics)
+
+    def write(self, step: int, *, batch_size: int) -> dict[str, float]:
+        window = jax.device_get(self.pending)  # the loop's only regular host sync
+        now = time.perf_counter()
+        steps_per_s = (step - self.step) / max(now - self.time, 1e-9)
+        record: dict[str, float] = {"step": step}
+        for key in window[0]:
+            values = np.array([m[key] for m in window], np.float64)
+            record[key] = float(values.sum() if key == "skipped" else values.mean())
+        record.update(steps_per_s=steps_per_s, images_per_s=steps_per_s * batch_size)
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        for key, value in record.items():
+            if key != "step":
+                self.writer.add_scalar(f"train/{key}", value, step)
+        self.pending, self.time, self.step = [], now, step
+        return record
+
+    def close(self) -> None:
+        self.file.close()
+        self.writer.close()
+
+
+class _Preview:
+    """A grid of samples from the EMA params: one row per class (with the config's CFG
+    scale) for a conditional model. The same noise every time, so grids compare across
+    steps."""
+
+    def __init__(self, config, model, schedule, workdir, key, mesh):
+        from jaxdiff import viz
+
+        self.viz = viz
+        s = config.sample
+        self.cond, rows = from_config.grid_conds(model, per_row=int(s.num))
+        num = int(s.num) * rows if rows else int(s.num)
+        self.ncol = from_config.grid_columns(num, rows)
+        self.sample = from_config.make_sample_fn(
+            model,
+            schedule,
+            sampler=s.sampler,
+            steps=int(s.steps),
+            eta=float(s.eta),
+            guidance_scale=float(s.guidance_scale),
+            prediction=config.diffusion.prediction,
+            shape=from_config.image_shape(config, batch=num),
+            # Data-parallel over the devices when the grid splits evenly over them.
+            mesh=mesh if num % mesh.size == 0 else None,
+        )
+        self.key = key
+        self.dir = workdir / "samples"
+
+    def write(self, step: int, params: Any, writer: SummaryWriter) -> None:
+        images, _ = self.sample(params, self.key, self.cond)
+        self.dir.mkdir(exist_ok=True)
+        path = self.dir / f"step_{step:07d}.png"
+        self.viz.save_grid(str(path), np.asarray(images), ncol=self.ncol)
+        writer.add_image(
+            "samples",
+            self.viz.image_grid(np.asarray(images), ncol=self.ncol),
+            step,
+            dataformats="HWC",
+        )
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # orbax and jax log every save step at INFO; --verbosity=0 brings them back.
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    with from_config.exit_on_user_error():
+        config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+        if config is None or workdir is None:
+            raise from_config.ConfigError(
+                "give --config (e.g. configs/digits.py) and --workdir (e.g. runs/digits)"
+            )
+        try:
+            train_and_evaluate(config, workdir)
+        except TrainingInterrupted as e:
+            print(
+                f"{e}; checkpoint saved in {workdir}, run the same command to resume",
+                file=sys.stderr,
+            )
+            sys.exit(128 + e.signum)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main, flags_parser=from_config.parse_flags)

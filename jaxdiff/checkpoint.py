@@ -1,0 +1,213 @@
+"""Orbax checkpoints of a training run: TrainState, data-iterator position and config.
+
+A checkpoint is one step directory under ``<workdir>/checkpoints`` with three items:
+
+* ``state``   the TrainState pytree (step, params, optimizer state with the EMA params, rng);
+* ``data``    the grain iterator's position (grain registers an orbax handler for it), so a
+              resumed run sees exactly the batches an uninterrupted run would have seen;
+* ``config``  the run's config as JSON, used to say which fields differ when a workdir's
+              checkpoint does not fit the current config.
+
+Orbax writes each step into a temporary directory and renames it only once every item is
+on disk, so a save interrupted by SIGKILL or a full disk leaves a ``*.orbax-checkpoint-tmp*``
+directory that ``latest_step`` never reports: the newest *complete* checkpoint is always the
+one restored.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+STATE, DATA, CONFIG = "state", "data", "config"
+
+
+class CheckpointMismatchError(ValueError):
+    """A workdir's checkpoint does not fit the model/optimizer built from the current config."""
+
+
+def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(workdir).absolute() / "checkpoints"
+
+
+def make_manager(
+    workdir: str | pathlib.Path, *, keep: int = 3, async_save: bool = True, read_only: bool = False
+) -> ocp.CheckpointManager:
+    """A CheckpointManager over ``<workdir>/checkpoints`` that keeps the newest ``keep`` steps.
+
+    ``async_save`` writes in a background thread, so training continues while the arrays go to
+    disk; call ``manager.wait_until_finished()`` before the process exits.
+    """
+    options = ocp.CheckpointManagerOptions(
+        # read_only: neither create the directory nor delete anything in it (sample.py).
+        max_to_keep=None if read_only else keep,
+        create=not read_only,
+        # Leftovers of saves killed half-way are never restored; removing them keeps the
+        # directory readable for people.
+        cleanup_tmp_directories=not read_only,
+        enable_async_checkpointing=async_save,
+    )
+    # Handlers named up front: a fresh manager (a resumed run, sample.py) can then read an
+    # item's metadata before anything was saved in this process.
+    handlers = {
+        STATE: ocp.StandardCheckpointHandler(),
+        DATA: grain.checkpoint.CheckpointHandler(),
+        CONFIG: ocp.JsonCheckpointHandler(),
+    }
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+
+
+def config_to_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+    """The config as plain JSON data (tuples become lists, references are resolved)."""
+    if isinstance(config, ml_collections.ConfigDict):
+        return json.loads(config.to_json_best_effort())
+    return json.loads(json.dumps(dict(config), default=str))
+
+
+def save(
+    manager: ocp.CheckpointManager,
+    step: int,
+    *,
+    state: Any,
+    config: ml_collections.ConfigDict | Mapping[str, Any],
+    data_iterator: Any = None,
+    wait: bool = False,
+) -> None:
+    """Saves ``state``, the iterator position and the config as checkpoint ``step``.
+
+    The save is asynchronous unless ``wait``; the iterator state is read now, so the caller
+    may keep drawing batches while the arrays are written.
+    """
+    items = {STATE: ocp.args.StandardSave(state), CONFIG: ocp.args.JsonSave(config_to_dict(config))}
+    if data_iterator is not None:
+        items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
+    # force: the caller decides when to save (every checkpoint_every steps, on SIGTERM).
+    manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+    if wait:
+        manager.wait_until_finished()
+
+
+def saved_config(manager: ocp.CheckpointManager, step: int | None = None) -> dict[str, Any]:
+    """The config stored with checkpoint ``step`` (default: the newest complete one)."""
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no complete checkpoint in {manager.directory}")
+    return manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[
+        CONFIG
+    ]
+
+
+def config_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Dotted names of the fields whose values differ, as ``'model.ch: 32 (saved) != 64'``."""
+    flat_saved, flat_current = _flatten(saved), _flatten(current)
+    lines = []
+    for key in sorted(set(flat_saved) | set(flat_current)):
+        a = flat_saved.get(key, "<absent>")
+        b = flat_current.get(key, "<absent>")
+        if a != b:
+            lines.append(f"{key}: {a!r} (saved) != {b!r} (now)")
+    return lines
+
+
+def restore(
+    manager: ocp.CheckpointManager,
+    *,
+    state: Any,
+    config: ml_collections.ConfigDict | Mapping[str, Any],
+    data_iterator: Any = None,
+    step: int | None = None,
+) -> tuple[Any, int] | None:
+    """Restores the newest complete checkpoint (or ``step``) into the structure of ``state``.
+
+    Args:
+      state: a TrainState, or its ``jax.eval_shape``; gives the tree structure, shapes and
+        dtypes to restore into.
+      config: the current config; compared with the saved one to explain a mismatch.
+      data_iterator: a grain iterator whose position is set to the saved one (in place).
+
+    Returns:
+      ``(state, step)``, or None when the workdir has no complete checkpoint.
+
+    Raises:
+      CheckpointMismatchError: the saved tree does not fit ``state`` (other model size,
+        model, optimizer...); the message lists the config fields that differ.
+    """
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        return None
+    check_fits(manager, step, state=state, config=config)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    items = {STATE: ocp.args.StandardRestore(abstract)}
+    if data_iterator is not None:
+        items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    return restored[STATE], step
+
+
+def check_fits(
+    manager: ocp.CheckpointManager,
+    step: int,
+    *,
+    state: Any,
+    config: ml_collections.ConfigDict | Mapping[str, Any],
+) -> None:
+    """Raises CheckpointMismatchError unless checkpoint ``step`` has ``state``'s leaves/shapes.
+
+    Checked from the saved metadata before reading any array: a failed orbax restore would
+    only say which array failed, not why, and would print tracebacks from its threads.
+    """
+    saved = ocp.tree.to_flat_dict(manager.item_metadata(step)[STATE])
+    wanted = ocp.tree.to_flat_dict(jax.tree.map(_stored_shape, state))
+    problems = []
+    # Params first: they name the layers a person recognises; optimizer slots repeat them.
+    for key in sorted(set(saved) | set(wanted), key=lambda k: (k[0] != "params", str(k))):
+        name = ".".join(str(k) for k in key)
+        if key not in wanted:
+            problems.append(f"{name} is in the checkpoint but not in the model")
+        elif key not in saved:
+            problems.append(f"{name} is in the model but not in the checkpoint")
+        elif tuple(saved[key].shape) != tuple(wanted[key].shape):
+            problems.append(
+                f"{name} has shape {tuple(saved[key].shape)} in the checkpoint, "
+                f"{tuple(wanted[key].shape)} in the model"
+            )
+    if not problems:
+        return
+    diff = config_diff(saved_config(manager, step), config_to_dict(config))
+    shown = "; ".join(problems[:3]) + (
+        f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    )
+    fields = (
+        "config fields that differ from the saved run: " + "; ".join(diff)
+        if diff
+        else "no config field differs, so the code that builds the model changed"
+    )
+    raise CheckpointMismatchError(
+        f"the checkpoint at step {step} in {manager.directory} does not fit this config "
+        f"({shown}). {fields}. Use a new --workdir, or the saved config "
+        f"(--config.<field>=<saved value>) to resume it."
+    )
+
+
+def _stored_shape(x: Any) -> jax.ShapeDtypeStruct:
+    """The shape orbax stores for ``x``: a typed PRNG key is saved as its uint32 key data, so
+    an abstract key (``jax.eval_shape``, shape ()) must compare as shape (2,)."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.eval_shape(jax.random.key_data, x)
+    return ocp.utils.to_shape_dtype_struct(x)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
