@@ -46,6 +46,13 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the initial noise and the sampler's noise.")
     flags.DEFINE_bool("use_ema", True, "Sample with the EMA params.")
     flags.DEFINE_string("out", None, "Output directory (default <workdir>/sample_<sampler>).")
+    flags.DEFINE_enum(
+        "compare",
+        None,
+        list(from_config.SAMPLERS),
+        "Also run this sampler from the same noise and write compare.png side by side, e.g. "
+        "--sampler ddpm --compare ddpm_no_noise (the seeds' right and wrong samplers).",
+    )
 
 
 GIF_FRAMES = 40
@@ -64,10 +71,15 @@ def sample(
     seed: int = 0,
     use_ema: bool = True,
     out: str | None = None,
+    compare: str | None = None,
 ) -> dict[str, Any]:
     """Samples from ``workdir``'s newest checkpoint and writes grid, GIF and npz to ``out``.
 
-    Returns {'images': uint8 (N, H, W, C), 'grid', 'gif', 'npz': paths, 'seconds': float}.
+    With ``compare`` (another sampler's name), also runs that sampler with the same key, so
+    from the same initial noise, and writes both grids side by side to ``compare.png``.
+
+    Returns {'images': uint8 (N, H, W, C), 'grid', 'gif', 'npz': paths, 'seconds': float,
+    and 'compare': path when asked}.
     """
     manager = checkpoint.make_manager(workdir, read_only=True)
     if manager.latest_step() is None:
@@ -84,9 +96,10 @@ def sample(
     num = int(num if num is not None else s.num)
     if num < 1:
         raise from_config.ConfigError(f"--num must be >= 1, got {num}")
-    from_config.validate_sampling(
-        config, sampler=sampler, steps=steps, eta=eta, guidance_scale=guidance_scale
-    )
+    for name in (sampler, compare) if compare else (sampler,):
+        from_config.validate_sampling(
+            config, sampler=name, steps=steps, eta=eta, guidance_scale=guidance_scale
+        )
 
     model = from_config.build_model(config)
     schedule = from_config.build_schedule(config)
@@ -94,18 +107,22 @@ def sample(
     batch = num if cond is None else jax.tree.leaves(cond)[0].shape[0]
     mesh = jd_train.make_mesh()
     walked = schedule.num_timesteps if sampler in ("ddpm", "ddpm_no_noise") else steps
-    sample_fn = from_config.make_sample_fn(
-        model,
-        schedule,
-        sampler=sampler,
-        steps=steps,
-        eta=eta,
-        guidance_scale=guidance_scale,
-        prediction=config.diffusion.prediction,
-        shape=from_config.image_shape(config, batch=batch),
-        keep_every=max(1, walked // GIF_FRAMES),
-        mesh=mesh if batch % mesh.size == 0 else None,
-    )
+
+    def make(name: str, keep_every: int):
+        return from_config.make_sample_fn(
+            model,
+            schedule,
+            sampler=name,
+            steps=steps,
+            eta=eta,
+            guidance_scale=guidance_scale,
+            prediction=config.diffusion.prediction,
+            shape=from_config.image_shape(config, batch=batch),
+            keep_every=keep_every,
+            mesh=mesh if batch % mesh.size == 0 else None,
+        )
+
+    sample_fn = make(sampler, max(1, walked // GIF_FRAMES))
     params, ema, step = from_config.restore_for_sampling(config, workdir, model)
     params = ema if use_ema else params
     key = jax.random.key(seed)
@@ -119,6 +136,7 @@ def sample(
 
     out_dir = pathlib.Path(out or pathlib.Path(workdir) / f"sample_{sampler}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    scale = viz.display_scale(int(config.data.image_size))
     uint8 = viz.to_uint8(np.asarray(images))
     arrays = {"images": uint8}
     if cond is not None:
@@ -127,12 +145,23 @@ def sample(
         )
     result = {
         "images": uint8,
-        "grid": viz.save_grid(out_dir / "grid.png", np.asarray(images), ncol=ncol),
-        "gif": viz.save_gif(out_dir / "denoising.gif", np.asarray(trajectory), ncol=ncol),
+        "grid": viz.save_grid(out_dir / "grid.png", np.asarray(images), ncol=ncol, scale=scale),
+        "gif": viz.save_gif(
+            out_dir / "denoising.gif", np.asarray(trajectory), ncol=ncol, scale=scale
+        ),
         "npz": out_dir / "samples.npz",
         "seconds": seconds,
     }
     np.savez_compressed(result["npz"], **arrays)
+    if compare:
+        other, _ = make(compare, 0)(params, key, cond)
+        result["compare"] = viz.save_side_by_side(
+            out_dir / "compare.png",
+            {sampler: np.asarray(images), compare: np.asarray(other)},
+            ncol=ncol,
+            scale=scale,
+        )
+        print(f"wrote {result['compare']} ({sampler} | {compare}, same initial noise)")
     print(
         f"sampled {batch} images with {sampler} ({walked} steps, guidance_scale="
         f"{guidance_scale}, {'EMA' if use_ema else 'raw'} params of step {step}) in "
@@ -202,6 +231,7 @@ def main(argv: list[str]) -> None:
             seed=f.seed,
             use_ema=f.use_ema,
             out=f.out,
+            compare=f.compare,
         )
 
 

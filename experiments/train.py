@@ -246,6 +246,7 @@ class _Preview:
         self.cond, rows = from_config.grid_conds(model, per_row=int(s.num))
         num = int(s.num) * rows if rows else int(s.num)
         self.ncol = from_config.grid_columns(num, rows)
+        self.scale = viz.display_scale(int(config.data.image_size))
         self.sample = from_config.make_sample_fn(
             model,
             schedule,
@@ -265,10 +266,11 @@ class _Preview:
         images, _ = self.sample(params, self.key, self.cond)
         self.dir.mkdir(exist_ok=True)
         path = self.dir / f"step_{step:07d}.png"
-        self.viz.save_grid(str(path), np.asarray(images), ncol=self.ncol)
+        grid = self.viz.image_grid(np.asarray(images), ncol=self.ncol, scale=self.scale)
+        self.viz.save_grid(str(path), np.asarray(images), ncol=self.ncol, scale=self.scale)
         writer.add_image(
             "samples",
-            self.viz.image_grid(np.asarray(images), ncol=self.ncol),
+            grid,
             step,
             dataformats="HWC",
         )

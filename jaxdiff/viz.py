@@ -21,18 +21,24 @@ def to_uint8(images) -> np.ndarray:
     return np.round((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
-def image_grid(images, *, ncol: int | None = None, padding: int = 2) -> np.ndarray:
+def image_grid(
+    images, *, ncol: int | None = None, padding: int = 2, scale: int = 1
+) -> np.ndarray:
     """Tiles N images into one uint8 image.
 
     Shapes: images (N, h, w, C) in [-1, 1] -> (nrow (h + p) + p, ncol (w + p) + p, C) with
     p = ``padding``, ncol defaulting to ceil(sqrt(N)) and nrow = ceil(N / ncol). Empty cells
-    of the last row stay black.
+    of the last row stay black. ``scale`` > 1 enlarges each image by pixel repetition first
+    (h, w -> scale h, scale w), so 16x16 samples stay visible in a viewer.
     """
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"image_grid expects NHWC images (N, H, W, C), got shape {images.shape}")
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
+    if scale < 1:
+        raise ValueError(f"scale must be an integer >= 1, got {scale}")
+    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
     n, h, w, c = images.shape
     ncol = ncol or max(1, math.ceil(math.sqrt(n)))
     if ncol < 1:
@@ -46,15 +52,23 @@ def image_grid(images, *, ncol: int | None = None, padding: int = 2) -> np.ndarr
     return grid
 
 
-def save_grid(path, images, *, ncol: int | None = None, padding: int = 2) -> pathlib.Path:
+def save_grid(
+    path, images, *, ncol: int | None = None, padding: int = 2, scale: int = 1
+) -> pathlib.Path:
     """Writes ``image_grid(images)`` as a PNG (or any format Pillow infers from ``path``)."""
     path = _prepare(path)
-    _to_pil(image_grid(images, ncol=ncol, padding=padding)).save(path)
+    _to_pil(image_grid(images, ncol=ncol, padding=padding, scale=scale)).save(path)
     return path
 
 
 def save_gif(
-    path, trajectory, *, ncol: int | None = None, fps: float = 10, padding: int = 2
+    path,
+    trajectory,
+    *,
+    ncol: int | None = None,
+    fps: float = 10,
+    padding: int = 2,
+    scale: int = 1,
 ) -> pathlib.Path:
     """Writes a denoising animation (the seed's ``plot_sample``): one grid per frame.
 
@@ -70,7 +84,9 @@ def save_gif(
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     path = _prepare(path)
-    frames = [_to_pil(image_grid(f, ncol=ncol, padding=padding)) for f in trajectory]
+    frames = [
+        _to_pil(image_grid(f, ncol=ncol, padding=padding, scale=scale)) for f in trajectory
+    ]
     frames[0].save(
         path,
         save_all=True,
@@ -82,13 +98,21 @@ def save_gif(
 
 
 def save_side_by_side(
-    path, named_images: Mapping[str, object], *, ncol: int | None = None, padding: int = 2
+    path,
+    named_images: Mapping[str, object],
+    *,
+    ncol: int | None = None,
+    padding: int = 2,
+    scale: int = 1,
 ) -> pathlib.Path:
     """Writes grids next to each other with their names above, e.g. the seed's right-vs-wrong
     comparison ``{"ddpm": samples, "ddpm_no_noise": samples}``. Each value is (N, h, w, C)."""
     if not named_images:
         raise ValueError("save_side_by_side needs at least one {name: images} entry")
-    grids = {name: image_grid(x, ncol=ncol, padding=padding) for name, x in named_images.items()}
+    grids = {
+        name: image_grid(x, ncol=ncol, padding=padding, scale=scale)
+        for name, x in named_images.items()
+    }
     channels = {g.shape[-1] for g in grids.values()}
     if len(channels) != 1:
         raise ValueError(f"all image sets need the same channel count, got {sorted(channels)}")
@@ -113,6 +137,11 @@ def save_side_by_side(
     path = _prepare(path)
     image.save(path)
     return path
+
+
+def display_scale(image_size: int, *, min_pixels: int = 48) -> int:
+    """The ``scale`` that shows an image of side ``image_size`` at least ``min_pixels`` wide."""
+    return max(1, -(-min_pixels // max(1, image_size)))
 
 
 def _to_pil(grid: np.ndarray) -> Image.Image:

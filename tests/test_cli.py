@@ -198,6 +198,7 @@ def test_sample_cli_writes_png_gif_and_npz(trained, tmp_path):
             "--labels=3,5",
             "--num=2",
             f"--out={out}",
+            "--compare=ddpm_no_noise",
         ],
         cwd=ROOT,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
@@ -210,9 +211,13 @@ def test_sample_cli_writes_png_gif_and_npz(trained, tmp_path):
     saved = np.load(out / "samples.npz")
     assert saved["images"].shape == (4, 8, 8, 1) and saved["images"].dtype == np.uint8
     np.testing.assert_array_equal(saved["labels"], [3, 3, 5, 5])
-    assert Image.open(out / "grid.png").size == (2 * 10 + 2, 2 * 10 + 2)  # 2x2 grid, pad 2
+    # 2x2 grid of 8x8 images shown 6x larger (viz.display_scale), padding 2.
+    assert Image.open(out / "grid.png").size == (2 * 50 + 2, 2 * 50 + 2)
     gif = Image.open(out / "denoising.gif")
     assert gif.n_frames > 1
+    # The right and the wrong sampler from the same noise, side by side.
+    assert "ddim | ddpm_no_noise, same initial noise" in result.stdout
+    assert Image.open(out / "compare.png").size[0] > 2 * (2 * 50 + 2)
 
 
 def test_unknown_config_field_on_the_command_line(tmp_path):

@@ -77,3 +77,15 @@ def test_side_by_side(tmp_path):
     assert pixels.shape[1] > 2 * grid_w
     assert (pixels == 255).sum() >= 4 * 12  # the "ddpm" images (plus label text)
     assert (pixels == viz.to_uint8(-0.5)).sum() == 4 * 12
+
+
+def test_grid_scale_repeats_pixels():
+    images = np.array([[[[-1.0], [1.0]], [[1.0], [-1.0]]]])  # one 2x2 checkerboard
+    grid = viz.image_grid(images, padding=0, scale=3)
+    assert grid.shape == (6, 6, 1)
+    np.testing.assert_array_equal(grid[:3, :3, 0], 0)
+    np.testing.assert_array_equal(grid[:3, 3:, 0], 255)
+    np.testing.assert_array_equal(grid[3:, :3, 0], 255)
+    assert viz.display_scale(16) == 3 and viz.display_scale(64) == 1
+    with pytest.raises(ValueError, match="scale"):
+        viz.image_grid(images, scale=0)
