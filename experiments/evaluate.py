@@ -40,7 +40,7 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import from_config  # noqa: E402
-from jaxdiff import checkpoint, data, evaluation, viz  # noqa: E402
+from jaxdiff import data, evaluation, viz  # noqa: E402
 from jaxdiff.models.classifier import Classifier  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
@@ -87,13 +87,7 @@ def evaluate(
     ``compile_seconds``.
     """
     workdir = pathlib.Path(workdir)
-    manager = checkpoint.make_manager(workdir, read_only=True)
-    if manager.latest_step() is None:
-        raise FileNotFoundError(
-            f"no complete checkpoint in {checkpoint.checkpoint_dir(workdir)}; train first with "
-            f"python -m experiments.train --config <config> --workdir {workdir}"
-        )
-    config = ml_collections.ConfigDict(checkpoint.saved_config(manager))
+    config = from_config.load_run_config(workdir)
     model = from_config.build_model(config)
     schedule = from_config.build_schedule(config)
     num_classes, context_dim = from_config.cond_spec(model)

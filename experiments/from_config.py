@@ -245,6 +245,32 @@ def init_state(
     return jd_train.create_train_state(params, optimizer, state_key)
 
 
+def start_cli(argv: list[str]) -> None:
+    """What every CLI's ``main`` does first: reject stray arguments and quiet library logs
+    (orbax and jax log every checkpoint save at INFO; ``--verbosity=0`` brings them back)."""
+    from absl import app, flags, logging
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
+def _no_checkpoint(workdir) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"no complete checkpoint in {checkpoint.checkpoint_dir(workdir)}; train first with "
+        f"python -m experiments.train --config <config> --workdir {workdir}"
+    )
+
+
+def load_run_config(workdir) -> ml_collections.ConfigDict:
+    """The config saved with the newest complete checkpoint in ``workdir``."""
+    manager = checkpoint.make_manager(workdir, read_only=True)
+    if manager.latest_step() is None:
+        raise _no_checkpoint(workdir)
+    return ml_collections.ConfigDict(checkpoint.saved_config(manager))
+
+
 def restore_for_sampling(config: ml_collections.ConfigDict, workdir: str, model: nn.Module):
     """(params, ema_params, step) of the newest complete checkpoint in ``workdir``."""
     optimizer = build_optimizer(config)
@@ -252,10 +278,7 @@ def restore_for_sampling(config: ml_collections.ConfigDict, workdir: str, model:
     manager = checkpoint.make_manager(workdir, read_only=True)
     restored = checkpoint.restore(manager, state=abstract, config=config)
     if restored is None:
-        raise FileNotFoundError(
-            f"no complete checkpoint in {checkpoint.checkpoint_dir(workdir)}; train first with "
-            f"python -m experiments.train --config <config> --workdir {workdir}"
-        )
+        raise _no_checkpoint(workdir)
     state, step = restored
     return state.params, optim.ema_params(state.opt_state), step
 

@@ -20,13 +20,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import from_config
-from jaxdiff import checkpoint, viz
 from jaxdiff import train as jd_train
+from jaxdiff import viz
 
 
 def define_flags() -> None:
@@ -81,13 +80,7 @@ def sample(
     Returns {'images': uint8 (N, H, W, C), 'grid', 'gif', 'npz': paths, 'seconds': float,
     and 'compare': path when asked}.
     """
-    manager = checkpoint.make_manager(workdir, read_only=True)
-    if manager.latest_step() is None:
-        raise FileNotFoundError(
-            f"no complete checkpoint in {checkpoint.checkpoint_dir(workdir)}; train first with "
-            f"python -m experiments.train --config <config> --workdir {workdir}"
-        )
-    config = ml_collections.ConfigDict(checkpoint.saved_config(manager))
+    config = from_config.load_run_config(workdir)
     s = config.sample
     sampler = sampler or s.sampler
     steps = int(steps if steps is not None else s.steps)
@@ -210,11 +203,7 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # orbax and jax log every save step at INFO; --verbosity=0 brings them back.
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    from_config.start_cli(argv)
     with from_config.exit_on_user_error():
         f = flags.FLAGS
         if f.workdir is None:

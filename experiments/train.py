@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
@@ -102,6 +102,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> jd_tr
     t = config.train
     last_saved = start_step
     step = start_step
+
+    def save(step: int, state: jd_train.TrainState) -> int:
+        # Waits for the write: a crash (SIGKILL, OOM) then loses at most checkpoint_every
+        # steps; an async save still in flight would lose twice that.
+        checkpoint.save(
+            manager, step, state=state, config=config, data_iterator=data_iterator, wait=True
+        )
+        return step
+
     progress = tqdm.tqdm(
         total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True
     )
@@ -124,26 +133,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> jd_tr
                 if step % t.sample_every == 0:
                     preview.write(step, optim.ema_params(state.opt_state), logger.writer)
                 if step % t.checkpoint_every == 0 or done:
-                    # Waits for the write: a crash (SIGKILL, OOM) then loses at most
-                    # checkpoint_every steps; an async save still in flight would lose 2x.
-                    checkpoint.save(
-                        manager,
-                        step,
-                        state=state,
-                        config=config,
-                        data_iterator=data_iterator,
-                        wait=True,
-                    )
-                    last_saved = step
+                    last_saved = save(step, state)
             if stop.signum is not None and last_saved != step:
-                checkpoint.save(
-                    manager,
-                    step,
-                    state=state,
-                    config=config,
-                    data_iterator=data_iterator,
-                    wait=True,
-                )
+                save(step, state)
     finally:
         progress.close()
         manager.close()
@@ -277,11 +269,7 @@ class _Preview:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # orbax and jax log every save step at INFO; --verbosity=0 brings them back.
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    from_config.start_cli(argv)
     with from_config.exit_on_user_error():
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
         if config is None or workdir is None:
