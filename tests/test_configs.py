@@ -7,6 +7,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import from_config
+from jaxdiff.models.basic_unet import BasicUNet
 from jaxdiff.models.context_unet import ContextUnet
 from jaxdiff.models.unet import UNet
 
@@ -30,6 +31,16 @@ def test_config_builds_a_conditional_model_that_fits_its_images(name):
     from_config.build_optimizer(config)
     if config.sample.guidance_scale > 0:
         assert config.train.cond_drop_prob > 0  # CFG needs the null condition trained
+
+
+def test_corruption_baseline_config_pairs_loss_model_and_sampler():
+    config = load("digits_corruption")
+    from_config.validate_config(config, num_devices=1)
+    assert isinstance(from_config.build_model(config), BasicUNet)
+    assert (config.diffusion.loss, config.sample.sampler) == ("corruption", "corruption")
+    config.sample.sampler = "ddim"  # the naive model has no noise schedule to walk
+    with pytest.raises(from_config.ConfigError, match="corruption"):
+        from_config.validate_config(config, num_devices=1)
 
 
 def test_seed_hyperparameters():
