@@ -348,8 +348,7 @@ def _plot(path: pathlib.Path, report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from_config.start_cli(argv)
     with from_config.exit_on_user_error():
         if _WORKDIR.value is None:
             raise from_config.ConfigError("give --workdir, the directory experiments.train wrote")
