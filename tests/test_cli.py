@@ -122,6 +122,18 @@ def test_stop_and_resume_gives_the_same_loss_curve(trained, tmp_path):
         np.testing.assert_allclose(resumed[step], straight[step], rtol=1e-6, err_msg=f"{step=}")
 
 
+def run_cli(module, *args):
+    """Runs ``python -m module args`` to completion: (returncode, stdout, stderr)."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def launch(tmp_path, workdir, *overrides):
     config_file = tmp_path / "tiny.py"
     config_file.write_text(TINY_CONFIG)
@@ -186,25 +198,16 @@ def test_sigkill_loses_at_most_checkpoint_every_steps(tmp_path):
 
 def test_sample_cli_writes_png_gif_and_npz(trained, tmp_path):
     out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.sample",
-            f"--workdir={trained}",
-            "--sampler=ddim",
-            "--steps=5",
-            "--guidance_scale=1.5",
-            "--labels=3,5",
-            "--num=2",
-            f"--out={out}",
-            "--compare=ddpm_no_noise",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_cli(
+        "experiments.sample",
+        f"--workdir={trained}",
+        "--sampler=ddim",
+        "--steps=5",
+        "--guidance_scale=1.5",
+        "--labels=3,5",
+        "--num=2",
+        f"--out={out}",
+        "--compare=ddpm_no_noise",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "sampled 4 images with ddim" in result.stdout
@@ -221,20 +224,11 @@ def test_sample_cli_writes_png_gif_and_npz(trained, tmp_path):
 
 
 def test_unknown_config_field_on_the_command_line(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.train",
-            "--config=configs/digits.py",
-            f"--workdir={tmp_path}",
-            "--config.train.stepz=3",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_cli(
+        "experiments.train",
+        "--config=configs/digits.py",
+        f"--workdir={tmp_path}",
+        "--config.train.stepz=3",
     )
     assert result.returncode == 2
     assert (
