@@ -40,7 +40,7 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import from_config  # noqa: E402
-from jaxdiff import data, evaluation, viz  # noqa: E402
+from jaxdiff import data, evaluation, sources, viz  # noqa: E402
 from jaxdiff.models.classifier import Classifier  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
@@ -182,7 +182,7 @@ def real_images(
     resized/padded exactly as experiments.train feeds them to the model."""
     data_config = ml_collections.ConfigDict(config.data.to_dict())
     data_config.split = split
-    source = data.make_source(data_config)
+    source = sources.make_source(data_config)
     resize_to = config.data.get("resize_to")
     batches = data.make_pipeline(
         source, batch_size=min(256, len(source)), seed=seed, num_epochs=1,

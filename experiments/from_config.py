@@ -353,10 +353,10 @@ def build_data(config: ml_collections.ConfigDict) -> Any:
     ``resize_to`` is set (digits: 8 -> 12 -> 16, a black border like MNIST's), else resized
     to ``data.image_size``.
     """
-    from jaxdiff import data
+    from jaxdiff import data, sources
 
     d = config.data
-    source = data.make_source(d)
+    source = sources.make_source(d)
     channels = np.asarray(source[0]["image"]).shape[-1] if np.ndim(source[0]["image"]) == 3 else 1
     if channels != int(d.channels):
         raise ConfigError(

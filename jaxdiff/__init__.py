@@ -7,7 +7,7 @@ The public functional API, one module per concept::
     loss_fn = jd.losses.make_denoising_loss(model.apply, schedule, prediction="eps")
     samples, trajectory = jd.samplers.ddim(denoise_fn, schedule, key, shape, num_steps=50)
 
-``data``, ``checkpoint`` and ``evaluation`` pull in TFDS, grain and orbax, so they are
+``data``, ``sources``, ``checkpoint`` and ``evaluation`` pull in TFDS, grain and orbax, so they are
 imported on first use (``jd.data``) rather than with the package.
 """
 
@@ -25,7 +25,7 @@ from jaxdiff import (
     viz,
 )
 
-_LAZY = ("data", "checkpoint", "evaluation")
+_LAZY = ("data", "sources", "checkpoint", "evaluation")
 
 __all__ = [
     "conditioning",

@@ -266,10 +266,10 @@ def test_missing_npy_file(tmp_path, capsys):
 
 
 def test_tfds_offline_names_the_ways_out(tmp_path, capsys, monkeypatch):
-    from jaxdiff import data
+    from jaxdiff import sources
 
     # No network in tests: every host is unreachable and there is no proxy.
-    monkeypatch.setattr(data, "_reachable", lambda host, **kw: False)
+    monkeypatch.setattr(sources, "_reachable", lambda host, **kw: False)
     monkeypatch.setattr("urllib.request.getproxies", lambda: {})
     config = tiny_config()
     config.data.update(

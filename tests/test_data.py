@@ -1,4 +1,4 @@
-"""Tests for jaxdiff.data: sources (TFDS, IDX, .npy, digits) and the grain pipeline."""
+"""Tests for jaxdiff.sources (TFDS, IDX, .npy, digits) and the grain pipeline in jaxdiff.data."""
 
 import gzip
 import json
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxdiff import data
+from jaxdiff import data, sources
 
 # Label counts of the standard MNIST t10k split.
 MNIST_TEST_LABEL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -27,7 +27,7 @@ def config(**fields):
 def index_source(n, *, size=4):
     """Record i is an image filled with the value i, labelled i: batches show their indices."""
     images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, size, size, 1))
-    return data.ArraySource(np.ascontiguousarray(images), labels=np.arange(n, dtype=np.int32))
+    return sources.ArraySource(np.ascontiguousarray(images), labels=np.arange(n, dtype=np.int32))
 
 
 def normalized(pixels):
@@ -55,7 +55,7 @@ def offline(monkeypatch):
 
 def test_tfds_source_records(tmp_path):
     with tfds.testing.mock_data(num_examples=6):
-        source = data.make_source(
+        source = sources.make_source(
             config(source="tfds", name="mnist", split="train", data_dir=str(tmp_path))
         )
         assert len(source) == 6
@@ -68,8 +68,8 @@ def test_tfds_source_records(tmp_path):
 
 def test_tfds_offline_fails_fast_with_the_offline_options(tmp_path, offline):
     start = time.monotonic()
-    with pytest.raises(data.DatasetUnavailableError) as info:
-        data.load_tfds("mnist", split="test", data_dir=str(tmp_path))
+    with pytest.raises(sources.DatasetUnavailableError) as info:
+        sources.load_tfds("mnist", split="test", data_dir=str(tmp_path))
     assert time.monotonic() - start < 30  # TFDS's own retries take minutes.
     assert isinstance(info.value, ValueError)
     message = str(info.value)
@@ -89,8 +89,8 @@ def test_tfds_offline_names_the_files_missing_from_manual_dir(tmp_path, offline)
     manual.mkdir()
     for name in MNIST_FILES[2:]:  # Only the t10k files, as in ../shared/data/mnist.
         (manual / name).write_bytes(b"x")
-    with pytest.raises(data.DatasetUnavailableError, match="lacks train-images-idx3-ubyte.gz"):
-        data.load_tfds("mnist", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
+    with pytest.raises(sources.DatasetUnavailableError, match="lacks train-images-idx3-ubyte.gz"):
+        sources.load_tfds("mnist", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
 
 
 def test_tfds_manual_files_with_wrong_checksums(tmp_path, offline):
@@ -98,20 +98,20 @@ def test_tfds_manual_files_with_wrong_checksums(tmp_path, offline):
     manual.mkdir()
     for name in MNIST_FILES:
         (manual / name).write_bytes(b"not mnist")
-    with pytest.raises(data.DatasetUnavailableError, match="checksum"):
-        data.load_tfds("mnist", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
+    with pytest.raises(sources.DatasetUnavailableError, match="checksum"):
+        sources.load_tfds("mnist", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
 
 
 def test_tfds_unknown_dataset(tmp_path):
     with pytest.raises(ValueError, match="not a TFDS dataset"):
-        data.load_tfds("no_such_dataset_xyz", data_dir=str(tmp_path))
+        sources.load_tfds("no_such_dataset_xyz", data_dir=str(tmp_path))
 
 
 # --------------------------------------------------------------------------- IDX
 
 
 def test_idx_real_mnist_test_split(mnist_dir):
-    source = data.make_source(config(source="idx", path=str(mnist_dir), split="test"))
+    source = sources.make_source(config(source="idx", path=str(mnist_dir), split="test"))
     assert len(source) == 10000
     assert source.images.shape == (10000, 28, 28, 1) and source.images.dtype == np.uint8
     counts = np.bincount(source.labels, minlength=10)
@@ -122,7 +122,7 @@ def test_idx_real_mnist_test_split(mnist_dir):
 
 def test_idx_missing_split_names_the_files(mnist_dir):
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
-        data.load_idx(mnist_dir, split="train")
+        sources.load_idx(mnist_dir, split="train")
 
 
 def write_idx(path, array, *, compress):
@@ -138,7 +138,7 @@ def test_idx_tiny_files(tmp_path, compress):
     suffix = ".gz" if compress else ""
     write_idx(tmp_path / f"train-images-idx3-ubyte{suffix}", images, compress=compress)
     write_idx(tmp_path / f"train-labels-idx1-ubyte{suffix}", labels, compress=compress)
-    source = data.load_idx(tmp_path, split="train")
+    source = sources.load_idx(tmp_path, split="train")
     np.testing.assert_array_equal(source.images[..., 0], images)
     assert [source[i]["label"] for i in range(5)] == labels.tolist()
 
@@ -147,7 +147,7 @@ def test_idx_rejects_a_non_idx_file(tmp_path):
     write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((2, 2), np.uint8), compress=False)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(2, np.uint8), compress=False)
     with pytest.raises(ValueError, match="not a 3-d uint8 IDX file"):
-        data.load_idx(tmp_path, split="test")
+        sources.load_idx(tmp_path, split="test")
 
 
 # --------------------------------------------------------------------------- .npy, digits
@@ -158,7 +158,7 @@ def test_npy_pair_with_one_hot_contexts(tmp_path):
     contexts = np.eye(5)[[0, 1, 2, 3, 4, 0]]  # float64 one-hot, as the sprites labels.
     np.save(tmp_path / "images.npy", images)
     np.save(tmp_path / "labels.npy", contexts)
-    source = data.make_source(
+    source = sources.make_source(
         config(
             source="npy",
             images_path=str(tmp_path / "images.npy"),
@@ -176,7 +176,7 @@ def test_npy_pair_with_one_hot_contexts(tmp_path):
 def test_npy_int_labels_and_float_images(tmp_path):
     np.save(tmp_path / "images.npy", np.array([[[0.0, 1.0]], [[0.5, 0.2]]], np.float32))
     np.save(tmp_path / "labels.npy", np.array([7, 2]))
-    source = data.load_npy(tmp_path / "images.npy", tmp_path / "labels.npy")
+    source = sources.load_npy(tmp_path / "images.npy", tmp_path / "labels.npy")
     assert source[0]["image"].tolist() == [[[0], [255]]] and source[1]["label"] == 2
     assert source[1]["image"][0, :, 0].tolist() == [128, 51]  # round(0.5 * 255), round(51.0)
 
@@ -185,15 +185,15 @@ def test_npy_errors(tmp_path):
     np.save(tmp_path / "images.npy", np.zeros((4, 2, 2, 1), np.uint8))
     np.save(tmp_path / "labels.npy", np.zeros(3, np.int64))
     with pytest.raises(FileNotFoundError, match="missing.npy"):
-        data.load_npy(tmp_path / "images.npy", tmp_path / "missing.npy")
+        sources.load_npy(tmp_path / "images.npy", tmp_path / "missing.npy")
     with pytest.raises(ValueError, match="4 images .* 3 labels"):
-        data.load_npy(tmp_path / "images.npy", tmp_path / "labels.npy")
+        sources.load_npy(tmp_path / "images.npy", tmp_path / "labels.npy")
 
 
 def test_digits():
     from sklearn import datasets
 
-    source = data.make_source(config(source="digits", split="train"))
+    source = sources.make_source(config(source="digits", split="train"))
     assert len(source) == 1797
     assert source.images.shape == (1797, 8, 8, 1) and source.images.dtype == np.uint8
     assert source.images.max() == 255
@@ -203,7 +203,7 @@ def test_digits():
 
 def test_unknown_source_lists_the_valid_ones():
     with pytest.raises(ValueError, match="'tfds', 'idx', 'npy', 'digits'"):
-        data.make_source(config(source="csv"))
+        sources.make_source(config(source="csv"))
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -211,7 +211,7 @@ def test_unknown_source_lists_the_valid_ones():
 
 def test_batches_and_normalisation():
     images = np.array([0, 255, 51, 204], np.uint8)[:, None, None, None] * np.ones((1, 2, 3, 1))
-    source = data.ArraySource(images.astype(np.uint8), labels=np.arange(4))
+    source = sources.ArraySource(images.astype(np.uint8), labels=np.arange(4))
     batch = next(data.make_pipeline(source, batch_size=4, seed=0, shuffle=False))
     assert batch["image"].shape == (4, 2, 3, 1) and batch["image"].dtype == np.float32
     assert batch["label"].dtype == np.int32 and batch["label"].tolist() == [0, 1, 2, 3]
@@ -222,7 +222,7 @@ def test_batches_and_normalisation():
 
 def test_resize_and_pad():
     block = np.kron(np.array([[0, 40], [80, 120]], np.uint8), np.ones((2, 2), np.uint8))
-    source = data.ArraySource(block[None, :, :, None], labels=np.zeros(1))
+    source = sources.ArraySource(block[None, :, :, None], labels=np.zeros(1))
     down = next(data.make_pipeline(source, batch_size=1, seed=0, image_size=2))["image"]
     # INTER_AREA averages each 2x2 block: the blocks are constant, so the result is exact.
     np.testing.assert_array_equal(down[0, :, :, 0], normalized([[0, 40], [80, 120]]))

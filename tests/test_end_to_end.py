@@ -23,7 +23,7 @@ def _stats(images: np.ndarray) -> np.ndarray:
 
 
 def test_tiny_unet_on_real_mnist_samples_digit_like_images(mnist_dir):
-    source = jd.data.load_idx(mnist_dir, split="test")
+    source = jd.sources.load_idx(mnist_dir, split="test")
     pipeline = jd.data.make_pipeline(source, batch_size=BATCH, seed=0, image_size=SIZE)
 
     schedule = jd.schedules.linear(1000)

@@ -1,0 +1,310 @@
+"""Random-access image sources: TFDS, MNIST-style IDX files, ``.npy`` pairs, sklearn digits.
+
+A *source* is anything with ``__len__`` and ``__getitem__`` whose records are
+``{'image': uint8 (H, W, C), 'label': int}`` (class labels) or
+``{'image': uint8 (H, W, C), 'context': float32 (D,)}`` (context vectors, e.g. the sprites'
+5-dim one-hot "hero/non-hero/food/spell/side-facing" labels), or only ``{'image'}``:
+
+* ``load_tfds(name, split=...)``        any TFDS image dataset, through ``tfds.data_source``
+                                        (array_record files; TensorFlow is not needed);
+* ``load_idx(path, split=...)``         a directory of MNIST-style IDX files;
+* ``load_npy(images_path, labels_path)`` a pair of ``.npy`` arrays (the sprites data);
+* ``load_digits()``                     scikit-learn's bundled 8x8 digits (no download).
+
+``make_source(config.data)`` picks one from a config; ``jaxdiff.data.make_pipeline`` turns
+any of them into batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import pathlib
+import socket
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+
+SOURCES = ("tfds", "idx", "npy", "digits")
+
+OFFLINE_OPTIONS = (
+    "Offline options: put the dataset's downloaded files in a directory and pass "
+    "--config.data.manual_dir=DIR (TFDS checks their checksums); point TFDS at an already "
+    "prepared copy with the TFDS_DATA_DIR environment variable or --config.data.data_dir=DIR; "
+    "read MNIST-style IDX files with --config.data.source=idx "
+    "--config.data.path=../shared/data/mnist; or train on scikit-learn's bundled digits, "
+    "which need no download: --config configs/digits.py."
+)
+
+
+class DatasetUnavailableError(ValueError):
+    """A TFDS dataset is not prepared locally and could not be downloaded or prepared."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+    """In-memory (or memory-mapped) arrays as a random-access source.
+
+    Attributes:
+      images: (N, H, W, C) uint8.
+      labels: (N,) integer class labels, or None.
+      contexts: (N, D) float32 context vectors, or None.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray | None = None
+    contexts: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record: dict[str, Any] = {"image": np.asarray(self.images[index])}
+        if self.labels is not None:
+            record["label"] = int(self.labels[index])
+        if self.contexts is not None:
+            record["context"] = np.asarray(self.contexts[index], np.float32)
+        return record
+
+
+# --------------------------------------------------------------------------- TFDS
+
+
+def load_tfds(
+    name: str,
+    *,
+    split: str = "train",
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+) -> grain.MapDataset:
+    """A TFDS dataset as a random-access source (``tfds.data_source``, no TensorFlow).
+
+    Prepares the dataset in ``data_dir`` (default: ``$TFDS_DATA_DIR`` or
+    ``~/tensorflow_datasets``) when it is not there yet, from the files in ``manual_dir`` when
+    given, else by downloading.
+
+    Raises:
+      ValueError: ``name`` is not a TFDS dataset.
+      DatasetUnavailableError: the dataset is not prepared and can not be prepared, e.g. the
+        machine is offline; the message lists the offline options. This is checked before
+        TFDS starts downloading, whose retries would otherwise take minutes to give up.
+    """
+    # Imported here: ~1 s, only TFDS users pay it.
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.download import DownloadError
+    from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(
+            f"{name!r} is not a TFDS dataset; see https://www.tensorflow.org/datasets/catalog "
+            "for the names (e.g. 'mnist', 'fashion_mnist', 'cifar10')."
+        ) from None
+    try:
+        records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except (NotImplementedError, AssertionError):
+        # Not prepared as array_record files in data_dir (TFDS words this as a file-format
+        # problem); prepare it below.
+        _check_can_prepare(name, builder, manual_dir=manual_dir)
+        # With manual_dir the files are local: do not look for a prepared copy on GCS.
+        config = tfds.download.DownloadConfig(
+            manual_dir=manual_dir, try_download_gcs=not manual_dir
+        )
+        try:
+            prepare = {"download_config": config}
+            records = tfds.data_source(
+                name, split=split, data_dir=data_dir, download_and_prepare_kwargs=prepare
+            )
+        except (OSError, AssertionError, DownloadError, NonMatchingChecksumError) as error:
+            raise DatasetUnavailableError(
+                f"TFDS dataset {name!r} could not be downloaded or prepared ({error}). "
+                f"{OFFLINE_OPTIONS}"
+            ) from error
+    return grain.MapDataset.source(records).map(_tfds_record)
+
+
+def _tfds_record(example: dict[str, Any]) -> dict[str, Any]:
+    record: dict[str, Any] = {"image": np.asarray(example["image"], np.uint8)}
+    if "label" in example:
+        record["label"] = int(example["label"])
+    return record
+
+
+def _check_can_prepare(name: str, builder: Any, *, manual_dir: str | None) -> None:
+    """Raises DatasetUnavailableError unless the files TFDS needs are local or reachable."""
+    url_infos = builder.url_infos or {}
+    manual = pathlib.Path(manual_dir) if manual_dir else None
+    missing = {
+        url: info
+        for url, info in url_infos.items()
+        if not (manual and info.filename and (manual / info.filename).exists())
+    }
+    if url_infos and not missing:
+        return  # Everything is in manual_dir: no network needed.
+    # Hosts of the registered URLs; datasets without registered URLs at least need GCS.
+    hosts = {urllib.parse.urlsplit(url).hostname for url in missing} or {"storage.googleapis.com"}
+    if urllib.request.getproxies() or all(_reachable(host) for host in hosts if host):
+        return  # Behind a proxy a direct probe says nothing: let TFDS try.
+    lacking = ""
+    if manual and missing:
+        names = ", ".join(sorted(str(info.filename) for info in missing.values()))
+        lacking = f" manual_dir {manual} lacks {names}."
+    raise DatasetUnavailableError(
+        f"TFDS dataset {name!r} is not prepared in {builder.data_dir} and could not be "
+        f"downloaded: {', '.join(sorted(h for h in hosts if h))} cannot be reached "
+        f"(no network?).{lacking} {OFFLINE_OPTIONS}"
+    )
+
+
+def _reachable(host: str, *, port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- files
+
+
+def load_idx(path: str | os.PathLike, *, split: str = "train") -> ArraySource:
+    """MNIST-style IDX files ``{prefix}-{images-idx3,labels-idx1}-ubyte[.gz]`` in ``path``.
+
+    ``split`` "train" reads the ``train-*`` files, "test" (or "t10k") the ``t10k-*`` files.
+    The format (LeCun et al. 1998, yann.lecun.com/exdb/mnist): a big-endian header
+    ``0x0000 <dtype 0x08 = ubyte> <ndim>`` and ``ndim`` uint32 sizes, then the raw bytes.
+
+    Returns:
+      images (N, H, W, 1) uint8 and labels (N,).
+    """
+    prefixes = {"train": "train", "test": "t10k", "t10k": "t10k"}
+    if split not in prefixes:
+        raise ValueError(f"IDX split must be one of {sorted(prefixes)}, got {split!r}")
+    directory = pathlib.Path(path)
+    images = _read_idx(_find_idx(directory, f"{prefixes[split]}-images-idx3-ubyte"), ndim=3)
+    labels = _read_idx(_find_idx(directory, f"{prefixes[split]}-labels-idx1-ubyte"), ndim=1)
+    if len(images) != len(labels):
+        raise ValueError(f"{directory}: {len(images)} images but {len(labels)} labels")
+    return ArraySource(images[..., None], labels=labels.astype(np.int32))
+
+
+def _find_idx(directory: pathlib.Path, stem: str) -> pathlib.Path:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(
+        f"IDX file {stem} (or {stem}.gz) not found in {directory}. Pass the directory that "
+        "holds it with --config.data.path=DIR (e.g. ../shared/data/mnist holds only the "
+        "t10k test split: use --config.data.split=test)."
+    )
+
+
+def _read_idx(path: pathlib.Path, *, ndim: int) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    header = np.frombuffer(data, ">u4", count=1 + ndim)
+    magic = int(header[0])
+    if magic != 0x0800 + ndim:  # 0x08: unsigned byte entries.
+        raise ValueError(f"{path} is not a {ndim}-d uint8 IDX file (magic number {magic:#x})")
+    shape = tuple(int(size) for size in header[1:])
+    return np.frombuffer(data, np.uint8, offset=4 * (1 + ndim)).reshape(shape)
+
+
+def load_npy(
+    images_path: str | os.PathLike, labels_path: str | os.PathLike | None = None
+) -> ArraySource:
+    """A pair of ``.npy`` arrays, e.g. the sprites' sprites_1788_16x16.npy +
+    sprite_labels_nc_1788_16x16.npy.
+
+    Images are (N, H, W, C) or (N, H, W), uint8 or float (floats in [0, 1] are scaled by 255;
+    floats in [0, 255] are rounded). Labels are (N,) integer classes, which become ``label``,
+    or (N, D) float vectors (one-hot or not), which become ``context``.
+    """
+    for p in (images_path, labels_path):
+        if p is not None and not pathlib.Path(p).exists():
+            raise FileNotFoundError(
+                f".npy file {p} not found; set --config.data.images_path and "
+                "--config.data.labels_path to existing files."
+            )
+    # Memory-mapped: only the records a batch reads are loaded.
+    images = np.load(images_path, mmap_mode="r")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise ValueError(f"{images_path}: images must be (N, H, W[, C]), got {images.shape}")
+    images = _to_uint8(images, name=str(images_path))
+    if labels_path is None:
+        return ArraySource(images)
+    labels = np.load(labels_path)
+    if len(labels) != len(images):
+        raise ValueError(
+            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} "
+            "labels; they must be the same length."
+        )
+    if labels.ndim == 1:
+        return ArraySource(images, labels=labels.astype(np.int32))
+    if labels.ndim == 2:
+        return ArraySource(images, contexts=labels.astype(np.float32))
+    raise ValueError(f"{labels_path}: labels must be (N,) or (N, D), got {labels.shape}")
+
+
+def _to_uint8(images: np.ndarray, *, name: str) -> np.ndarray:
+    if images.dtype == np.uint8:
+        return images
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 255:
+        raise ValueError(f"{name}: pixel values in [{low}, {high}]; expected [0, 1] or [0, 255]")
+    scale = 255.0 if high <= 1.0 else 1.0
+    return np.round(np.asarray(images, np.float32) * scale).astype(np.uint8)
+
+
+def load_digits(*, split: str = "train") -> ArraySource:
+    """scikit-learn's bundled 8x8 digits (1797 images, a copy of the UCI test set; no download).
+
+    Pixel values 0..16 are scaled to 0..255. There is a single split, "train".
+
+    Returns:
+      images (1797, 8, 8, 1) uint8 and labels (1797,).
+    """
+    if split != "train":
+        raise ValueError(f"the digits dataset has only the 'train' split, got {split!r}")
+    from sklearn import datasets  # Imported here: slow, and only digits users need it.
+
+    digits = datasets.load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    return ArraySource(images, labels=digits.target.astype(np.int32))
+
+
+def make_source(data_config: ml_collections.ConfigDict) -> Any:
+    """The source named by ``config.data``.
+
+    Fields (missing ones take the defaults in brackets):
+      source: "tfds" | "idx" | "npy" | "digits".
+      name: TFDS dataset name, e.g. "mnist" (tfds).
+      split: "train" | "test" (tfds also takes TFDS split strings like "train[:90%]") ["train"].
+      data_dir: where TFDS keeps prepared datasets [None: $TFDS_DATA_DIR or
+        ~/tensorflow_datasets] (tfds).
+      manual_dir: directory with the dataset's already downloaded files [None] (tfds).
+      path: directory with ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` (idx).
+      images_path, labels_path: the two ``.npy`` files; labels_path may be None (npy).
+    """
+    get = data_config.get
+    source, split = get("source"), get("split") or "train"
+    if source == "tfds":
+        return load_tfds(
+            get("name"), split=split, data_dir=get("data_dir"), manual_dir=get("manual_dir")
+        )
+    if source == "idx":
+        return load_idx(get("path"), split=split)
+    if source == "npy":
+        return load_npy(get("images_path"), get("labels_path"))
+    if source == "digits":
+        return load_digits(split=split)
+    raise ValueError(f"unknown data source {source!r}; --config.data.source must be in {SOURCES}")
