@@ -218,14 +218,15 @@ def jax_train_setup(model, params, batch_np: dict[str, np.ndarray]):
 
 
 def jax_train_callables(step, state, batch, **variant_kw) -> dict[str, Callable[[], Any]]:
-    """One blocking callable per compiled variant; each owns a copy of the (donated) state."""
+    """One blocking callable per compiled variant; each owns a copy of the (donated) state,
+    steps it once per call and returns that step's metrics."""
     fns = {}
     for name, compiled in jax_variants(step, (state, batch), **variant_kw).items():
         holder = {"state": jax.tree.map(jnp.copy, state)}
 
         def run(compiled=compiled, holder=holder):
             holder["state"], metrics = compiled(holder["state"], batch)
-            jax.block_until_ready(metrics)
+            return jax.block_until_ready(metrics)
 
         fns[name] = run
     return fns

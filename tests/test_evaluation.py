@@ -145,7 +145,10 @@ def test_noise_conditioned_classifier_takes_timesteps():
     x = jnp.zeros((2, 8, 8, 1))
     t = jnp.array([0, 9])
     params = model.init(jax.random.key(0), x, t)["params"]
-    assert model.apply({"params": params}, x, t).shape == (2, 3)
+    logits = model.apply({"params": params}, x, t)
+    assert logits.shape == (2, 3)
+    # Same image, different noise levels: the timestep really enters the logits.
+    assert float(jnp.abs(logits[0] - logits[1]).max()) > 1e-6
     with pytest.raises(ValueError, match="timesteps"):
         model.apply({"params": params}, x)
 
