@@ -12,12 +12,14 @@ from ml_collections import config_dict
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
-    # Where the images come from (jaxdiff.data). source: "tfds" | "idx" | "npy" | "digits".
+    # Where the images come from (jaxdiff.data). source: "tfds" | "idx" | "npy" | "digits" |
+    # "folder" (PNG/JPEG files under data.path).
     config.data = dict(
         source="tfds",
         name="mnist",
         split="train",
         path=config_dict.placeholder(str),  # idx: directory with the *-ubyte(.gz) files
+        class_folders=False,  # folder: sub-folder names are the class labels
         data_dir=config_dict.placeholder(str),  # tfds: where prepared datasets live
         manual_dir=config_dict.placeholder(str),  # tfds: downloaded archives, for offline use
         images_path=config_dict.placeholder(str),  # npy: (N, H, W, C) uint8 images
