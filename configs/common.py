@@ -61,6 +61,14 @@ def base_config() -> ml_collections.ConfigDict:
         seed=0,
     )
 
+    # Fine-tuning (experiments/finetune.py): start from a diffusers folder or a jaxdiff
+    # workdir; the model and diffusion settings then come from there.
+    config.init_from = config_dict.placeholder(str)
+    config.finetune = dict(
+        learning_rate=config_dict.placeholder(float),  # replaces train.learning_rate
+        frozen="",  # comma list of parameter-path prefixes kept fixed, e.g. "down_blocks"
+    )
+
     # Previews during training and the defaults of experiments/sample.py.
     config.sample = dict(
         sampler="ddim",  # "ddpm" | "ddpm_no_noise" | "ddim" | "corruption"

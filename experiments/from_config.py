@@ -24,7 +24,7 @@ import optax
 from jaxdiff import checkpoint, losses, models, optim, schedules
 from jaxdiff import train as jd_train
 
-SCHEDULES = ("linear", "cosine")
+SCHEDULES = ("linear", "cosine", "scaled_linear")
 LOSSES = ("denoising", "corruption")
 SAMPLERS = ("ddpm", "ddpm_no_noise", "ddim", "corruption")
 
@@ -190,8 +190,8 @@ def cond_spec(model: nn.Module) -> tuple[int | None, int | None]:
 def build_schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
     d = config.diffusion
     try:
-        if d.schedule == "linear":
-            return schedules.linear(
+        if d.schedule in ("linear", "scaled_linear"):
+            return getattr(schedules, d.schedule)(
                 int(d.num_timesteps), beta_start=float(d.beta_start), beta_end=float(d.beta_end)
             )
         return schedules.cosine(int(d.num_timesteps))
@@ -310,6 +310,8 @@ def make_sample_fn(
     shape: tuple[int, ...],
     keep_every: int = 0,
     mesh: jax.sharding.Mesh | None = None,
+    clip_x0: bool | None = None,
+    variance: str | None = None,
 ) -> Callable[[Any, jax.Array, Any], tuple[jax.Array, jax.Array | None]]:
     """``sample(params, key, cond) -> (images (B,H,W,C) in [-1,1], trajectory)``, jitted.
 
@@ -327,6 +329,10 @@ def make_sample_fn(
         options.update(num_steps=int(steps), eta=float(eta))
     elif sampler == "corruption":
         options.update(num_steps=int(steps), prediction="x0")
+    if clip_x0 is not None and sampler != "corruption":  # a pretrained scheduler's choices
+        options["clip_x0"] = bool(clip_x0)
+    if variance is not None and sampler == "ddpm":
+        options["variance"] = variance
 
     def run(params, key, cond):
         def denoise_fn(x_t, t, c):

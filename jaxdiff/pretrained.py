@@ -234,7 +234,8 @@ def state_dict_from_params(params: Any) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- folders
 
 
-def _read_json(path: pathlib.Path) -> dict:
+def load_json(path: pathlib.Path) -> dict:
+    """A JSON file of a diffusers folder; FileNotFoundError says how to get a folder."""
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; {GET_A_PIPELINE}")
     return json.loads(path.read_text())
@@ -254,7 +255,7 @@ def load_diffusers_unet(path: str | pathlib.Path) -> tuple[UNet, dict]:
     from safetensors.numpy import load_file
 
     folder = _unet_dir(pathlib.Path(path))
-    config = _read_json(folder / CONFIG_NAME)
+    config = load_json(folder / CONFIG_NAME)
     kwargs, in_channels = unet_kwargs(config)
     model = UNet(**kwargs)
     candidates = [folder / WEIGHTS_NAME, folder / WEIGHTS_NAME.replace(".safe", ".fp16.safe")]
@@ -363,10 +364,10 @@ def load_diffusers_pipeline(path: str | pathlib.Path) -> Pretrained:
     is not there, UnsupportedConfigError for settings jaxdiff does not compute.
     """
     folder = pathlib.Path(path)
-    _read_json(folder / "model_index.json")
+    load_json(folder / "model_index.json")
     model, params = load_diffusers_unet(folder / "unet")
-    unet_config = _read_json(folder / "unet" / CONFIG_NAME)
-    scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
+    unet_config = load_json(folder / "unet" / CONFIG_NAME)
+    scheduler = load_json(folder / "scheduler" / "scheduler_config.json")
     kind = scheduler.get("prediction_type", "epsilon")
     if kind not in PREDICTIONS:
         raise UnsupportedConfigError(f"prediction_type {kind!r} is not one of {sorted(PREDICTIONS)}")
