@@ -10,7 +10,8 @@ small learning rate. The model and diffusion settings come from the pipeline fol
 Get the pipeline folder on a machine with network access, then copy it here:
 
     python -c "from diffusers import DDPMPipeline; \\
-        DDPMPipeline.from_pretrained('google/ddpm-celebahq-256').save_pretrained('ddpm-celebahq-256')"
+        DDPMPipeline.from_pretrained('google/ddpm-celebahq-256') \\
+        .save_pretrained('ddpm-celebahq-256')"
 
     python -m experiments.train --config configs/faces_finetune.py --workdir runs/faces \\
         --config.init_from=ddpm-celebahq-256 --config.data.path=/path/to/faces

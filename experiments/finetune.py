@@ -60,7 +60,8 @@ def pipeline_fields(path: str) -> dict[str, Any]:
     }
     sample_size = pretrained.load_json(unet_dir / pretrained.CONFIG_NAME).get("sample_size")
     if sample_size:
-        fields["sample_size"] = int(sample_size[0] if isinstance(sample_size, list) else sample_size)
+        side = sample_size[0] if isinstance(sample_size, list) else sample_size
+        fields["sample_size"] = int(side)
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     if scheduler_file.exists():
         scheduler = pretrained.load_json(scheduler_file)

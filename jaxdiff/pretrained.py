@@ -52,7 +52,8 @@ PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 VARIANCES = {"fixed_small": "posterior", "fixed_large": "beta"}
 GET_A_PIPELINE = (
     "on a machine with network access run: python -c \"from diffusers import DDPMPipeline; "
-    "DDPMPipeline.from_pretrained('google/ddpm-celebahq-256').save_pretrained('ddpm-celebahq-256')\""
+    "DDPMPipeline.from_pretrained('google/ddpm-celebahq-256')"
+    ".save_pretrained('ddpm-celebahq-256')\""
     " (or: huggingface-cli download google/ddpm-celebahq-256 --local-dir ddpm-celebahq-256), "
     "then copy the folder here"
 )
@@ -370,7 +371,9 @@ def load_diffusers_pipeline(path: str | pathlib.Path) -> Pretrained:
     scheduler = load_json(folder / "scheduler" / "scheduler_config.json")
     kind = scheduler.get("prediction_type", "epsilon")
     if kind not in PREDICTIONS:
-        raise UnsupportedConfigError(f"prediction_type {kind!r} is not one of {sorted(PREDICTIONS)}")
+        raise UnsupportedConfigError(
+            f"prediction_type {kind!r} is not one of {sorted(PREDICTIONS)}"
+        )
     variance = scheduler.get("variance_type", "fixed_small")
     if variance not in VARIANCES:
         raise UnsupportedConfigError(

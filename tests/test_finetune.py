@@ -65,7 +65,8 @@ def test_export_import_finetune_sample(tmp_path, mnist_pngs):
     state = train_cli.train_and_evaluate(config, str(workdir))
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["diffusion"]["schedule"] == "cosine" and saved["diffusion"]["num_timesteps"] == 50
-    assert saved["model"]["block_out_channels"] == [8, 16] and saved["train"]["learning_rate"] == 1e-3
+    assert saved["model"]["block_out_channels"] == [8, 16]
+    assert saved["train"]["learning_rate"] == 1e-3
     new = jax.device_get(state.params)
     for part in ("down_blocks_0", "time_embedding"):  # frozen: bit for bit the import
         for a, b in zip(jax.tree.leaves(params[part]), jax.tree.leaves(new[part]), strict=True):
