@@ -368,6 +368,7 @@ def build_data(config: ml_collections.ConfigDict, *, start_batch: int = 0) -> An
 
     d = config.data
     source = sources.make_source(d)
+    sources.check_labels(source, num_classes=config.model.get("num_classes"))
     channels = np.asarray(source[0]["image"]).shape[-1] if np.ndim(source[0]["image"]) == 3 else 1
     if channels != int(d.channels):
         raise ConfigError(

@@ -29,7 +29,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
-from experiments import from_config, multihost
+from experiments import from_config, multihost, train_health, workdir_lock
 from jaxdiff import checkpoint, distributed, optim
 from jaxdiff import train as jd_train
 
@@ -56,9 +56,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> jd_tr
     """Trains for ``config.train.steps`` steps in total (resuming), previewing and saving.
 
     Returns the final TrainState. Raises ConfigError (bad config), CheckpointMismatchError
-    (the workdir holds another model), FileNotFoundError (missing data) before any step, and
-    TrainingInterrupted after saving when SIGTERM/SIGINT arrives.
+    (the workdir holds another model), CheckpointDamagedError (no intact checkpoint),
+    WorkdirBusyError (another run holds the workdir), FileNotFoundError (missing data) before
+    any step, TrainingDivergedError (a whole log window of non-finite steps),
+    CheckpointSaveError (disk full), and TrainingInterrupted after saving when
+    SIGTERM/SIGINT arrives.
     """
+    with workdir_lock.hold(workdir):
+        return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> jd_train.TrainState:
     mesh = from_config.build_mesh(config)
     from_config.validate_config(config, num_devices=mesh.size)
     model = from_config.build_model(config)
@@ -80,17 +88,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> jd_tr
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
     )
     manager = checkpoint.make_manager(workdir, keep=int(config.train.keep_checkpoints))
-    restored = checkpoint.restore(manager, state=abstract, config=config)
+    restored = checkpoint.restore(manager, state=abstract, config=config, set_aside_damaged=True)
+    start_step = 0 if restored is None else restored[1]
+    # Positioned by step: batch k of the global stream is the same for any process count.
+    # Built before the init compiles, so bad data is reported at once.
+    data_iterator = from_config.build_data(config, start_batch=start_step)
     if restored is not None:
-        state, start_step = restored
+        state = restored[0]
         if main_process:
             print(f"resuming from the checkpoint of step {start_step} in {workdir}",
                   file=sys.stderr)
     else:
-        start_step = 0
         state = jax.jit(init, out_shardings=shardings)(state_key)
-    # Positioned by step: batch k of the global stream is the same for any process count.
-    data_iterator = from_config.build_data(config, start_batch=start_step)
     if main_process:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
@@ -101,6 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> jd_tr
     train_step = jd_train.make_train_step(loss_fn, optimizer, mesh, state_sharding=shardings)
     preview = _Preview(config, model, schedule, workdir, preview_key, mesh)
     logger = _MetricLogger(workdir, start_step=start_step, write=main_process)
+    health = train_health.HealthCheck(float(config.train.learning_rate), verbose=main_process)
     stop = _StopOnSignal()
     t = config.train
     last_saved = start_step
@@ -126,7 +136,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> jd_tr
                 progress.update(1)
                 done = step == total_steps
                 if step % t.log_every == 0 or done:
+                    window = step - logger.step
                     record = logger.write(step, batch_size=int(config.data.batch_size))
+                    health.check(record, steps=window)
                     progress.set_postfix(
                         loss=f"{record['loss']:.4f}",
                         steps_per_s=f"{record['steps_per_s']:.2f}",
