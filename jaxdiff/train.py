@@ -124,6 +124,19 @@ def state_shardings(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(shard, tree)
 
 
+def bytes_per_device(tree: Any, shardings: Any) -> dict[Any, int]:
+    """{device: bytes of ``tree``'s leaves (arrays or ShapeDtypeStructs) stored there} under
+    ``shardings``, computed from shapes alone (works on ``jax.eval_shape`` output)."""
+    totals: dict[Any, int] = {}
+    for x, sharding in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
+        itemsize = np.dtype(x.dtype).itemsize if not jax.dtypes.issubdtype(
+            x.dtype, jax.dtypes.prng_key) else 8
+        shard = sharding.shard_shape(tuple(x.shape))
+        for device in sharding.device_set:
+            totals[device] = totals.get(device, 0) + int(np.prod(shard, dtype=np.int64)) * itemsize
+    return totals
+
+
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """Host-local batch (a pytree of arrays, leading axis B_local) -> global jax.Arrays of
     leading size B_local * process_count, split over the mesh's devices.
