@@ -23,8 +23,10 @@ restoring are collective: every process calls them.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import logging
 import pathlib
 import shutil
 import sys
@@ -112,24 +114,63 @@ def save(
     if data_iterator is not None:
         items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     try:
-        # Steps an earlier async save left without a manifest get theirs first.
-        write_manifests(manager)
-        # force: the caller decides when to save (every checkpoint_every steps, on SIGTERM).
-        manager.save(int(step), args=ocp.args.Composite(**items), force=True)
-        if wait:
-            manager.wait_until_finished()
+        with _held_error_logs() as held:
+            # Steps an earlier async save left without a manifest get theirs first.
             write_manifests(manager)
+            # force: the caller decides when to save (every checkpoint_every steps, SIGTERM).
+            manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+            if wait:
+                manager.wait_until_finished()
+                write_manifests(manager)
     except Exception as error:  # orbax wraps the OSError of a full disk in its own errors
         if not _is_disk_full(error):
+            held.release()
             raise
+        # Orbax's threads leave futures whose errors asyncio would log at exit.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         kept = [s for s in manager.all_steps() if s != int(step)]
         newest = f"step {max(kept)}" if kept else "none yet"
-        raise CheckpointSaveError(
-            errno.ENOSPC,
+        failed = CheckpointSaveError(
             f"disk full while saving the checkpoint of step {step} in {manager.directory}; "
             f"nothing was lost: the newest complete checkpoint ({newest}) is intact. Free "
-            "some space and run the same command again to resume from it",
-        ) from error
+            "some space and run the same command again to resume from it"
+        )
+        failed.errno = errno.ENOSPC
+        raise failed from error
+    held.release()
+
+
+class _HeldRecords(logging.Filter):
+    """Holds back ERROR records (orbax's background threads log each failed write with a
+    traceback) until ``release``: a full disk then reads as one line, any other failure
+    still shows them."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.logger = logging.getLogger("absl")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            self.records.append(record)
+            return False
+        return True
+
+    def release(self) -> None:
+        self.logger.removeFilter(self)
+        for record in self.records:
+            self.logger.handle(record)
+        self.records = []
+
+
+@contextlib.contextmanager
+def _held_error_logs():
+    held = _HeldRecords()
+    held.logger.addFilter(held)
+    try:
+        yield held
+    finally:
+        held.logger.removeFilter(held)
 
 
 def write_manifests(manager: ocp.CheckpointManager) -> None:

@@ -81,8 +81,12 @@ def test_same_final_params(runs):
     a, ema_a, step_a = from_config.restore_for_sampling(config, str(tmp / "1x4"), model)
     b, ema_b, step_b = from_config.restore_for_sampling(config, str(tmp / "2x2"), model)
     assert step_a == step_b == STEPS
+    # Float tolerance: the all-reduce adds in another order over gloo, and Adam divides by
+    # sqrt(v), so where a gradient is ~1e-8 that noise moves the update by up to ~1% of the
+    # learning rate (1e-3); everywhere else the params agree to float32 precision.
     for x, y in zip(jax.tree.leaves((a, ema_a)), jax.tree.leaves((b, ema_b))):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=3e-5)
+        assert np.mean(np.abs(np.asarray(x) - np.asarray(y)) <= 1e-6) > 0.99
 
 
 def test_only_process_0_writes(runs):
