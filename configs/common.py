@@ -69,6 +69,10 @@ def base_config() -> ml_collections.ConfigDict:
         frozen="",  # comma list of parameter-path prefixes kept fixed, e.g. "down_blocks"
     )
 
+    # Devices: data parallel over all of them; fsdp=K also shards params, optimizer state and
+    # EMA K ways (jaxdiff.train.state_shardings), for models too big to replicate.
+    config.mesh = dict(fsdp=1)
+
     # Previews during training and the defaults of experiments/sample.py.
     config.sample = dict(
         sampler="ddim",  # "ddpm" | "ddpm_no_noise" | "ddim" | "corruption"

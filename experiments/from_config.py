@@ -352,17 +352,29 @@ def grid_columns(num_images: int, rows: int) -> int:
     return num_images // rows if rows else math.ceil(math.sqrt(num_images))
 
 
-def build_data(config: ml_collections.ConfigDict) -> Any:
+def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """The global mesh over every process's devices; ``mesh.fsdp`` K > 1 adds an 'fsdp' axis
+    of size K that params, optimizer state and EMA are sharded over (jaxdiff.train)."""
+    fsdp = int(config.get("mesh", {}).get("fsdp", 1))
+    try:
+        return jd_train.make_mesh(fsdp=fsdp)
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from None
+
+
+def build_data(config: ml_collections.ConfigDict, *, start_batch: int = 0) -> Any:
     """The checkpointable grain iterator of training batches described by ``config.data``.
 
     Images are resized to ``data.resize_to`` and zero-padded to ``data.image_size`` when
     ``resize_to`` is set (digits: 8 -> 12 -> 16, a black border like MNIST's), else resized
-    to ``data.image_size``.
+    to ``data.image_size``. The first batch is global batch ``start_batch`` (a resumed run's
+    step).
     """
     from jaxdiff import data, sources
 
     d = config.data
     source = sources.make_source(d)
+    sources.check_labels(source, num_classes=config.model.get("num_classes"))
     channels = np.asarray(source[0]["image"]).shape[-1] if np.ndim(source[0]["image"]) == 3 else 1
     if channels != int(d.channels):
         raise ConfigError(
@@ -377,4 +389,5 @@ def build_data(config: ml_collections.ConfigDict) -> Any:
         image_size=int(resize_to or d.image_size),
         pad_to=int(d.image_size) if resize_to else None,
         worker_count=int(d.get("worker_count", 0)),
+        start_batch=start_batch,
     )

@@ -24,8 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from jax.experimental import multihost_utils
 
-from experiments import finetune, from_config
+from experiments import finetune, from_config, multihost
+from jaxdiff import distributed
 from jaxdiff import train as jd_train
 from jaxdiff import viz
 
@@ -57,6 +59,7 @@ def define_flags() -> None:
         "Also run this sampler from the same noise and write compare.png side by side, e.g. "
         "--sampler ddpm --compare ddpm_no_noise (the seeds' right and wrong samplers).",
     )
+    multihost.define_flags()
 
 
 GIF_FRAMES = 40
@@ -144,6 +147,13 @@ def sample(
     start = time.perf_counter()
     images, trajectory = jax.block_until_ready(compiled(params, key, cond))
     seconds = time.perf_counter() - start
+    other = make(compare, 0)(params, key, cond)[0] if compare else None
+    if jax.process_count() > 1:  # every process sampled its rows; process 0 writes them all
+        images, trajectory, other = multihost_utils.process_allgather(
+            (images, trajectory, other), tiled=True
+        )
+        if not distributed.is_main_process():
+            return {"images": viz.to_uint8(np.asarray(images)), "seconds": seconds}
 
     out_dir = pathlib.Path(out or pathlib.Path(workdir) / f"sample_{sampler}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -165,7 +175,6 @@ def sample(
     }
     np.savez_compressed(result["npz"], **arrays)
     if compare:
-        other, _ = make(compare, 0)(params, key, cond)
         result["compare"] = viz.save_side_by_side(
             out_dir / "compare.png",
             {sampler: np.asarray(images), compare: np.asarray(other)},
@@ -223,6 +232,7 @@ def _floats(text: str, flag: str) -> list[float]:
 def main(argv: list[str]) -> None:
     from_config.start_cli(argv)
     with from_config.exit_on_user_error():
+        multihost.initialize_from_flags()
         f = flags.FLAGS
         if f.workdir is None and f.pretrained is None:
             raise from_config.ConfigError(

@@ -58,11 +58,13 @@ class ArraySource:
       images: (N, H, W, C) uint8.
       labels: (N,) integer class labels, or None.
       contexts: (N, D) float32 context vectors, or None.
+      origin: where the labels come from (a file name), for error messages.
     """
 
     images: np.ndarray
     labels: np.ndarray | None = None
     contexts: np.ndarray | None = None
+    origin: str = "the data"
 
     def __len__(self) -> int:
         return len(self.images)
@@ -112,9 +114,9 @@ def load_tfds(
         ) from None
     try:
         records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except (NotImplementedError, AssertionError):
+    except (NotImplementedError, AssertionError, KeyError):
         # Not prepared as array_record files in data_dir (TFDS words this as a file-format
-        # problem); prepare it below.
+        # problem, or, from 4.9.10 on, as a KeyError for the empty splits); prepare it below.
         _check_can_prepare(name, builder, manual_dir=manual_dir)
         # With manual_dir the files are local: do not look for a prepared copy on GCS.
         config = tfds.download.DownloadConfig(
@@ -195,7 +197,9 @@ def load_idx(path: str | os.PathLike, *, split: str = "train") -> ArraySource:
     labels = _read_idx(_find_idx(directory, f"{prefixes[split]}-labels-idx1-ubyte"), ndim=1)
     if len(images) != len(labels):
         raise ValueError(f"{directory}: {len(images)} images but {len(labels)} labels")
-    return ArraySource(images[..., None], labels=labels.astype(np.int32))
+    if len(images) == 0:
+        raise ValueError(f"{directory}: the {split} IDX files hold no images")
+    return ArraySource(images[..., None], labels=labels.astype(np.int32), origin=str(directory))
 
 
 def _find_idx(directory: pathlib.Path, stem: str) -> pathlib.Path:
@@ -243,6 +247,8 @@ def load_npy(
         images = images[..., None]
     if images.ndim != 4:
         raise ValueError(f"{images_path}: images must be (N, H, W[, C]), got {images.shape}")
+    if len(images) == 0:
+        raise ValueError(f"{images_path} holds no images (shape {images.shape})")
     images = _to_uint8(images, name=str(images_path))
     if labels_path is None:
         return ArraySource(images)
@@ -253,15 +259,64 @@ def load_npy(
             "labels; they must be the same length."
         )
     if labels.ndim == 1:
-        return ArraySource(images, labels=labels.astype(np.int32))
+        return ArraySource(images, labels=_class_labels(labels, name=str(labels_path)),
+                           origin=str(labels_path))
     if labels.ndim == 2:
-        return ArraySource(images, contexts=labels.astype(np.float32))
+        _first_bad(~np.isfinite(labels), name=str(labels_path), what="non-finite context values")
+        return ArraySource(images, contexts=labels.astype(np.float32), origin=str(labels_path))
     raise ValueError(f"{labels_path}: labels must be (N,) or (N, D), got {labels.shape}")
+
+
+def _first_bad(bad: np.ndarray, *, name: str, what: str, values: np.ndarray | None = None):
+    """Raises ValueError naming the file, the count and the first offending (record) index
+    when ``bad`` (a boolean array over records, or over all values) has any True."""
+    count = int(np.count_nonzero(bad))
+    if not count:
+        return
+    first = np.unravel_index(int(np.argmax(bad.reshape(-1))), bad.shape)
+    shown = f" (value {values[first]!r})" if values is not None else ""
+    raise ValueError(f"{name}: {count} {what}, the first at index {first[0]}{shown}")
+
+
+def _class_labels(labels: np.ndarray, *, name: str) -> np.ndarray:
+    """(N,) labels as int32, refusing values that are not integers or that do not fit
+    (casting would turn 2.7 into 2 and 2**32 + 3 into 3 silently)."""
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+        raise ValueError(f"{name}: labels must be integers, got dtype {labels.dtype}")
+    if np.issubdtype(labels.dtype, np.floating):
+        _first_bad(~np.isfinite(labels) | (labels != np.round(labels)), name=name,
+                   what="labels that are not integers", values=labels)
+    _first_bad((labels < 0) | (labels > np.iinfo(np.int32).max), name=name,
+               what="labels outside [0, 2**31) (class labels start at 0)", values=labels)
+    return labels.astype(np.int32)
+
+
+def check_labels(source: Any, *, num_classes: int | None) -> None:
+    """Refuses labels outside [0, num_classes): the null label ``num_classes`` (classifier-free
+    guidance) never comes from data, and larger ones would index past the embedding.
+
+    Only in-memory sources (``ArraySource``: .npy, IDX, digits) are checked; TFDS labels come
+    from the dataset's own ClassLabel feature.
+    """
+    labels = getattr(source, "labels", None)
+    if labels is None or not num_classes:
+        return
+    _first_bad(
+        (labels < 0) | (labels >= num_classes),
+        name=getattr(source, "origin", "the data"),
+        what=f"labels outside [0, {num_classes}) (model.num_classes={num_classes}; "
+        f"{num_classes} is the null label of classifier-free guidance, never a data label)",
+        values=labels,
+    )
 
 
 def _to_uint8(images: np.ndarray, *, name: str) -> np.ndarray:
     if images.dtype == np.uint8:
         return images
+    if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
+        raise ValueError(f"{name}: images must be uint8 or float, got dtype {images.dtype}")
+    per_image = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    _first_bad(per_image, name=name, what="images with non-finite (NaN/inf) pixel values")
     low, high = float(images.min()), float(images.max())
     if low < 0 or high > 255:
         raise ValueError(f"{name}: pixel values in [{low}, {high}]; expected [0, 1] or [0, 255]")
@@ -283,7 +338,7 @@ def load_digits(*, split: str = "train") -> ArraySource:
 
     digits = datasets.load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    return ArraySource(images, labels=digits.target.astype(np.int32))
+    return ArraySource(images, labels=digits.target.astype(np.int32), origin="scikit-learn digits")
 
 
 @dataclasses.dataclass(frozen=True)
