@@ -25,7 +25,7 @@ from jaxdiff import checkpoint, losses, models, optim, schedules
 from jaxdiff import train as jd_train
 
 SCHEDULES = ("linear", "cosine")
-LOSSES = ("denoising", "corruption")
+LOSSES = ("denoising", "corruption", "noisy_classifier")
 SAMPLERS = ("ddpm", "ddpm_no_noise", "ddim", "corruption")
 
 
@@ -109,6 +109,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
         raise ConfigError(f"diffusion.loss must be one of {LOSSES}, got {d.loss!r}")
     if int(d.num_timesteps) < 1:
         raise ConfigError(f"diffusion.num_timesteps must be >= 1, got {d.num_timesteps}")
+    from experiments import classifier_setup
+
+    classifier_setup.validate(config)
     validate_sampling(
         config, sampler=s.sampler, steps=s.steps, eta=s.eta, guidance_scale=s.guidance_scale
     )
@@ -155,6 +158,10 @@ def is_conditional(config: ml_collections.ConfigDict) -> bool:
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
     """The Flax module of ``config.model``, checked against the data's image shape."""
+    from experiments import classifier_setup
+
+    if classifier_setup.is_classifier(config):
+        return classifier_setup.build_model(config)
     try:
         model = models.build(config.model)
     except (ValueError, TypeError) as e:
@@ -204,6 +211,8 @@ def build_loss(
 ) -> losses.LossFn:
     if config.diffusion.loss == "corruption":
         return losses.make_corruption_loss(model.apply)
+    if config.diffusion.loss == "noisy_classifier":
+        return losses.make_noisy_classifier_loss(model.apply, schedule)
     num_classes, _ = cond_spec(model)
     return losses.make_denoising_loss(
         model.apply,

@@ -28,7 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
-from experiments import from_config
+from experiments import classifier_setup, from_config
 from jaxdiff import checkpoint, optim
 from jaxdiff import train as jd_train
 
@@ -96,7 +96,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> jd_tr
         print(f"{workdir} is already trained for {start_step} >= train.steps={total_steps} steps")
         return state
     train_step = jd_train.make_train_step(loss_fn, optimizer, mesh)
-    preview = _Preview(config, model, schedule, workdir, preview_key, mesh)
+    # A classifier run (classifier guidance) previews accuracy by noise level, not samples.
+    preview_type = (
+        classifier_setup.NoiseLevelAccuracy if classifier_setup.is_classifier(config) else _Preview
+    )
+    preview = preview_type(config, model, schedule, workdir, preview_key, mesh)
     logger = _MetricLogger(workdir, start_step=start_step)
     stop = _StopOnSignal()
     t = config.train
