@@ -193,6 +193,19 @@ def schedule_difference(
     return "; ".join(diffs) or None
 
 
+def validate_guidance(config: ml_collections.ConfigDict, *, sampler: str, scale: float) -> None:
+    """Checks classifier-guidance options against the diffusion run's config."""
+    from experiments.from_config import ConfigError
+
+    if scale < 0:
+        raise ConfigError(f"classifier_scale must be >= 0, got {scale}")
+    if sampler == "corruption" or config.diffusion.loss != "denoising":
+        raise ConfigError(
+            "classifier guidance needs a denoising diffusion run and a ddpm/ddim sampler (it "
+            f"shifts eps); got diffusion.loss={config.diffusion.loss!r}, sampler {sampler!r}"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class Guide:
     """A restored guiding classifier: ``apply(params, x_t, t) -> logits`` and its params."""

@@ -8,6 +8,7 @@ instead of showing a traceback (``exit_on_user_error``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 import sys
@@ -319,11 +320,17 @@ def make_sample_fn(
     shape: tuple[int, ...],
     keep_every: int = 0,
     mesh: jax.sharding.Mesh | None = None,
-) -> Callable[[Any, jax.Array, Any], tuple[jax.Array, jax.Array | None]]:
-    """``sample(params, key, cond) -> (images (B,H,W,C) in [-1,1], trajectory)``, jitted.
+    classifier_apply: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None,
+    classifier_scale: float = 0.0,
+) -> Callable[..., tuple[jax.Array, jax.Array | None]]:
+    """``sample(params, key, cond, classifier_params=None) -> (images (B,H,W,C) in [-1,1],
+    trajectory)``, jitted.
 
     params and cond are arguments, not constants baked into the program, so one compile
-    serves every checkpoint (the train loop's previews) and every label set.
+    serves every checkpoint (the train loop's previews) and every label set. With
+    ``classifier_apply(classifier_params, x_t, t) -> logits`` and ``classifier_scale`` > 0,
+    classifier guidance toward the int labels ``cond`` wraps the (CFG-guided) denoiser; an
+    unconditional model is then called without the labels.
     """
     from jaxdiff import guidance, samplers
 
@@ -337,13 +344,22 @@ def make_sample_fn(
     elif sampler == "corruption":
         options.update(num_steps=int(steps), prediction="x0")
 
-    def run(params, key, cond):
+    guided_by_classifier = classifier_apply is not None and classifier_scale != 0
+    # The labels are the classifier's; an unconditional model never sees them (at s = 0 too).
+    drop_cond = classifier_apply is not None and not any(cond_spec(model))
+
+    def run(params, key, cond, classifier_params=None):
         def denoise_fn(x_t, t, c):
-            return model.apply({"params": params}, x_t, t, c)
+            return model.apply({"params": params}, x_t, t, None if drop_cond else c)
 
         if guidance_scale > 0:
             denoise_fn = guidance.cfg(
                 denoise_fn, guidance_scale=guidance_scale, num_classes=num_classes
+            )
+        if guided_by_classifier:
+            denoise_fn = guidance.classifier_guidance(
+                denoise_fn, functools.partial(classifier_apply, classifier_params), schedule,
+                scale=classifier_scale, prediction=prediction,
             )
         images, trajectory = sample_fn(denoise_fn, schedule, key, shape, cond=cond, **options)
         return jnp.clip(images, -1.0, 1.0), trajectory
