@@ -4,8 +4,8 @@ schedule of configs/digits.py and configs/digits_uncond.py (cosine, T=200), whic
 guides. No download, CPU; writes accuracy_by_noise.png to the workdir.
 
     python -m experiments.train --config configs/digits_classifier.py --workdir runs/digits_clf
-    python -m experiments.sample --workdir runs/digits_uncond --classifier_workdir runs/digits_clf \\
-        --classifier_scale 3 --labels 0,1,2
+    python -m experiments.sample --workdir runs/digits_uncond \\
+        --classifier_workdir runs/digits_clf --classifier_scale 3 --labels 0,1,2
 """
 
 import ml_collections

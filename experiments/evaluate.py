@@ -10,10 +10,11 @@ Loads the run's saved config and newest checkpoint (EMA params), trains a featur
 (``jaxdiff.models.classifier``) on one part of the run's real images, or reloads it from the
 cache, and sweeps sampler x steps x guidance scale (x classifier-guidance scale with
 ``--classifier_workdir``, Dhariwal & Nichol 2021, which also makes an unconditional model's
-samples conditional on their target labels, so they get an accuracy). DDPM walks all T steps, so ``--steps``
-applies to DDIM only; an unconditional model is evaluated at guidance 0 only, without
-accuracy. For every setting it reports FID against held-out real images (in the classifier's
-feature space; ``jaxdiff.evaluation``) and the accuracy of the classifier on the samples with
+samples conditional on their target labels, so they get an accuracy). DDPM walks all T
+steps, so ``--steps`` applies to DDIM only; an unconditional model is evaluated at guidance 0
+only, and without a guiding classifier without accuracy. For every setting it reports FID
+against held-out real images (in the classifier's feature space; ``jaxdiff.evaluation``) and
+the accuracy of the classifier on the samples with
 the labels they were generated for. Two references put the numbers in context: the
 classifier's own held-out accuracy, and the real-vs-real FID floor (two disjoint held-out
 halves of the same size as the generated set; FID is biased upwards at small sizes).
@@ -65,7 +66,7 @@ _USE_EMA = flags.DEFINE_bool("use_ema", True, "Sample with the EMA params.")
 _CLASSIFIER_WORKDIR = flags.DEFINE_string(
     "classifier_workdir", None, "A noise-conditioned classifier run that guides the samples.")
 _CLASSIFIER_SCALES = flags.DEFINE_list(
-    "classifier_scales", ["0"], "Classifier-guidance scales s to sweep (with --classifier_workdir).")
+    "classifier_scales", ["0"], "Classifier-guidance scales s (with --classifier_workdir).")
 
 WALKS_ALL_STEPS = ("ddpm", "ddpm_no_noise")
 
@@ -92,8 +93,8 @@ def evaluate(
 
     Returns the report written to eval.json: ``num_samples``, ``classifier`` (held-out
     accuracy, sizes, cache), ``real_fid_floor`` and ``results``, one dict per setting with
-    ``sampler``, ``steps``, ``guidance_scale``, ``classifier_scale``, ``fid``, ``accuracy`` (None when
-    unconditional), ``sample_seconds`` (all n samples, compile excluded) and
+    ``sampler``, ``steps``, ``guidance_scale``, ``classifier_scale``, ``fid``, ``accuracy``
+    (None when unconditional and unguided), ``sample_seconds`` (all n samples, compile excluded) and
     ``compile_seconds``.
     """
     workdir = pathlib.Path(workdir)
