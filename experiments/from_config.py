@@ -25,7 +25,7 @@ import optax
 from jaxdiff import checkpoint, losses, models, optim, schedules
 from jaxdiff import train as jd_train
 
-SCHEDULES = ("linear", "cosine")
+SCHEDULES = ("linear", "cosine", "scaled_linear")
 LOSSES = ("denoising", "corruption", "noisy_classifier")
 SAMPLERS = ("ddpm", "ddpm_no_noise", "ddim", "corruption")
 
@@ -198,8 +198,8 @@ def cond_spec(model: nn.Module) -> tuple[int | None, int | None]:
 def build_schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
     d = config.diffusion
     try:
-        if d.schedule == "linear":
-            return schedules.linear(
+        if d.schedule in ("linear", "scaled_linear"):
+            return getattr(schedules, d.schedule)(
                 int(d.num_timesteps), beta_start=float(d.beta_start), beta_end=float(d.beta_end)
             )
         return schedules.cosine(int(d.num_timesteps))
@@ -320,6 +320,8 @@ def make_sample_fn(
     shape: tuple[int, ...],
     keep_every: int = 0,
     mesh: jax.sharding.Mesh | None = None,
+    clip_x0: bool | None = None,
+    variance: str | None = None,
     classifier_apply: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None,
     classifier_scale: float = 0.0,
 ) -> Callable[..., tuple[jax.Array, jax.Array | None]]:
@@ -343,6 +345,10 @@ def make_sample_fn(
         options.update(num_steps=int(steps), eta=float(eta))
     elif sampler == "corruption":
         options.update(num_steps=int(steps), prediction="x0")
+    if clip_x0 is not None and sampler != "corruption":  # a pretrained scheduler's choices
+        options["clip_x0"] = bool(clip_x0)
+    if variance is not None and sampler == "ddpm":
+        options["variance"] = variance
 
     guided_by_classifier = classifier_apply is not None and classifier_scale != 0
     # The labels are the classifier's; an unconditional model never sees them (at s = 0 too).

@@ -4,10 +4,12 @@
     python -m experiments.sample --workdir runs/digits --sampler ddpm --guidance_scale 3 \\
         --labels 3,5,8 --num 10
     python -m experiments.sample --workdir runs/sprites --context 0,0,1,0,0
+    python -m experiments.sample --pretrained ddpm-celebahq-256 --sampler ddim --steps 50
     python -m experiments.sample --workdir runs/digits_uncond --classifier_workdir \
         runs/digits_clf --classifier_scale 3 --labels 0,1,2
 
-The model, schedule and prediction come from the config saved with the newest checkpoint;
+The model, schedule and prediction come from the config saved with the newest checkpoint
+(or, with ``--pretrained``, from a diffusers pipeline folder: experiments/finetune.py);
 the flags left unset take ``config.sample``'s values. A conditional model draws one row of
 ``--num`` images per label (or per one-hot context); an unconditional one ``--num`` images.
 Writes ``<out>/grid.png``, ``<out>/denoising.gif`` and ``<out>/samples.npz`` (uint8
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import classifier_setup, from_config
+from experiments import classifier_setup, finetune, from_config
 from jaxdiff import train as jd_train
 from jaxdiff import viz
 
@@ -33,6 +35,9 @@ from jaxdiff import viz
 def define_flags() -> None:
     """The CLI's flags; defined only when run as a program (see experiments/train.py)."""
     flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
+    flags.DEFINE_string(
+        "pretrained", None, "Instead of --workdir: a diffusers pipeline (or UNet) folder."
+    )
     flags.DEFINE_enum(
         "sampler", None, list(from_config.SAMPLERS), "Sampler (default: config.sample.sampler)."
     )
@@ -79,6 +84,7 @@ def sample(
     use_ema: bool = True,
     out: str | None = None,
     compare: str | None = None,
+    pretrained: str | None = None,
     classifier_workdir: str | None = None,
     classifier_scale: float = 1.0,
 ) -> dict[str, Any]:
@@ -94,7 +100,13 @@ def sample(
     Returns {'images': uint8 (N, H, W, C), 'grid', 'gif', 'npz': paths, 'seconds': float,
     and 'compare': path when asked}.
     """
-    config = from_config.load_run_config(workdir)
+    if pretrained:
+        from configs import common
+
+        config, pretrained_params = finetune.pretrained_run(pretrained, common.base_config())
+        workdir = workdir or f"pretrained_{pathlib.Path(pretrained).resolve().name}"
+    else:
+        config = from_config.load_run_config(workdir)
     s = config.sample
     sampler = sampler or s.sampler
     steps = int(steps if steps is not None else s.steps)
@@ -134,12 +146,18 @@ def sample(
             shape=from_config.image_shape(config, batch=batch),
             keep_every=keep_every,
             mesh=mesh if batch % mesh.size == 0 else None,
+            clip_x0=s.get("clip_x0"),
+            variance=s.get("variance"),
             classifier_apply=guide.apply if guide else None,
             classifier_scale=classifier_scale,
         )
 
     sample_fn = make(sampler, max(1, walked // GIF_FRAMES))
-    params, ema, step = from_config.restore_for_sampling(config, workdir, model)
+    if pretrained:
+        params = ema = pretrained_params
+        step = 0
+    else:
+        params, ema, step = from_config.restore_for_sampling(config, workdir, model)
     params = ema if use_ema else params
     key = jax.random.key(seed)
     guide_params = guide.params if guide else None
@@ -245,8 +263,11 @@ def main(argv: list[str]) -> None:
     from_config.start_cli(argv)
     with from_config.exit_on_user_error():
         f = flags.FLAGS
-        if f.workdir is None:
-            raise from_config.ConfigError("give --workdir, the directory experiments.train wrote")
+        if f.workdir is None and f.pretrained is None:
+            raise from_config.ConfigError(
+                "give --workdir (the directory experiments.train wrote) or --pretrained "
+                "(a diffusers pipeline folder)"
+            )
         sample(
             f.workdir,
             sampler=f.sampler,
@@ -260,6 +281,7 @@ def main(argv: list[str]) -> None:
             use_ema=f.use_ema,
             out=f.out,
             compare=f.compare,
+            pretrained=f.pretrained,
             classifier_workdir=f.classifier_workdir,
             classifier_scale=f.classifier_scale,
         )

@@ -28,7 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
-from experiments import classifier_setup, from_config
+from experiments import classifier_setup, finetune, from_config
 from jaxdiff import checkpoint, optim
 from jaxdiff import train as jd_train
 
@@ -58,10 +58,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> jd_tr
     TrainingInterrupted after saving when SIGTERM/SIGINT arrives.
     """
     mesh = jd_train.make_mesh()
+    config = finetune.resolve(config)  # init_from: the pretrained model's settings
     from_config.validate_config(config, num_devices=mesh.size)
     model = from_config.build_model(config)
     schedule = from_config.build_schedule(config)
-    optimizer = from_config.build_optimizer(config)
+    optimizer = finetune.build_optimizer(config)
     loss_fn = from_config.build_loss(config, model, schedule)
     data_iterator = from_config.build_data(config)
 
@@ -87,7 +88,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> jd_tr
     else:
         start_step = 0
         state = jd_train.replicate(
-            from_config.init_state(config, model, optimizer, state_key), mesh
+            finetune.init_state(config, model, optimizer, state_key), mesh
         )
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
