@@ -3,13 +3,18 @@
     python -m experiments.evaluate --workdir runs/digits
     python -m experiments.evaluate --workdir runs/digits --samplers ddim --steps 10,50 \\
         --guidance 0,3 --num 400
+    python -m experiments.evaluate --workdir runs/digits_uncond --samplers ddim --steps 50 \
+        --guidance 0 --classifier_workdir runs/digits_clf --classifier_scales 0,1,3,10
 
 Loads the run's saved config and newest checkpoint (EMA params), trains a feature classifier
 (``jaxdiff.models.classifier``) on one part of the run's real images, or reloads it from the
-cache, and sweeps sampler x steps x guidance scale. DDPM walks all T steps, so ``--steps``
-applies to DDIM only; an unconditional model is evaluated at guidance 0 only, without
-accuracy. For every setting it reports FID against held-out real images (in the classifier's
-feature space; ``jaxdiff.evaluation``) and the accuracy of the classifier on the samples with
+cache, and sweeps sampler x steps x guidance scale (x classifier-guidance scale with
+``--classifier_workdir``, Dhariwal & Nichol 2021, which also makes an unconditional model's
+samples conditional on their target labels, so they get an accuracy). DDPM walks all T
+steps, so ``--steps`` applies to DDIM only; an unconditional model is evaluated at guidance 0
+only, and without a guiding classifier without accuracy. For every setting it reports FID
+against held-out real images (in the classifier's feature space; ``jaxdiff.evaluation``) and
+the accuracy of the classifier on the samples with
 the labels they were generated for. Two references put the numbers in context: the
 classifier's own held-out accuracy, and the real-vs-real FID floor (two disjoint held-out
 halves of the same size as the generated set; FID is biased upwards at small sizes).
@@ -39,7 +44,7 @@ from absl import app, flags
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiments import from_config  # noqa: E402
+from experiments import classifier_setup, from_config  # noqa: E402
 from jaxdiff import data, evaluation, sources, viz  # noqa: E402
 from jaxdiff.models.classifier import Classifier  # noqa: E402
 
@@ -58,6 +63,10 @@ _CLASSIFIER_STEPS = flags.DEFINE_integer("classifier_steps", 1000, "Classifier t
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Feature-classifier cache (default "
                                  "<workdir>/feature_classifier).")
 _USE_EMA = flags.DEFINE_bool("use_ema", True, "Sample with the EMA params.")
+_CLASSIFIER_WORKDIR = flags.DEFINE_string(
+    "classifier_workdir", None, "A noise-conditioned classifier run that guides the samples.")
+_CLASSIFIER_SCALES = flags.DEFINE_list(
+    "classifier_scales", ["0"], "Classifier-guidance scales s (with --classifier_workdir).")
 
 WALKS_ALL_STEPS = ("ddpm", "ddpm_no_noise")
 
@@ -77,13 +86,15 @@ def evaluate(
     classifier_steps: int = 1000,
     cache_dir: str | pathlib.Path | None = None,
     use_ema: bool = True,
+    classifier_workdir: str | pathlib.Path | None = None,
+    classifier_scales: Sequence[float] = (0.0,),
 ) -> dict[str, Any]:
     """Runs the sweep and writes eval.json / eval.md / eval.png into ``workdir``.
 
     Returns the report written to eval.json: ``num_samples``, ``classifier`` (held-out
     accuracy, sizes, cache), ``real_fid_floor`` and ``results``, one dict per setting with
-    ``sampler``, ``steps``, ``guidance_scale``, ``fid``, ``accuracy`` (None when
-    unconditional), ``sample_seconds`` (all n samples, compile excluded) and
+    ``sampler``, ``steps``, ``guidance_scale``, ``classifier_scale``, ``fid``, ``accuracy``
+    (None when unconditional and unguided), ``sample_seconds`` (all n samples, compile excluded) and
     ``compile_seconds``.
     """
     workdir = pathlib.Path(workdir)
@@ -92,7 +103,21 @@ def evaluate(
     schedule = from_config.build_schedule(config)
     num_classes, context_dim = from_config.cond_spec(model)
     conditional = bool(num_classes or context_dim)
-    grid = _settings(config, samplers, steps, guidance, conditional=conditional)
+    guide = None
+    if classifier_workdir is not None:
+        for sampler in samplers:
+            for scale in classifier_scales:
+                classifier_setup.validate_guidance(config, sampler=sampler, scale=float(scale))
+        guide = classifier_setup.load_guide(str(classifier_workdir), config)
+    elif any(float(s) != 0 for s in classifier_scales):
+        raise ValueError("--classifier_scales other than 0 need --classifier_workdir")
+    grid = [
+        (*setting, float(s))
+        for setting in _settings(config, samplers, steps, guidance, conditional=conditional)
+        for s in (classifier_scales if guide else [0.0])
+    ]
+    # Guided by a classifier, an unconditional model's samples have target labels too.
+    conditional = conditional or guide is not None
 
     # Real images: classifier-training part and held-out part (accuracy + FID reference).
     split = split or config.data.get("split") or "train"
@@ -105,7 +130,8 @@ def evaluate(
         raise ValueError(f"only {len(heldout_x)} held-out real images; raise --max_real/--holdout")
     if n < num:
         print(f"note: {n} samples per setting (half of the {len(heldout_x)} held-out real images)")
-    num_labels = int(max(labels.max() + 1, num_classes or 0, context_dim or 0))
+    num_labels = int(max(labels.max() + 1, num_classes or 0, context_dim or 0,
+                         guide.num_classes if guide else 0))
     classifier = Classifier(num_classes=num_labels)
     cache_dir = pathlib.Path(cache_dir or workdir / "feature_classifier")
     print(f"feature classifier: {len(train_x)} training / {len(heldout_x)} held-out images")
@@ -127,23 +153,29 @@ def evaluate(
     progress = tqdm.tqdm(total=len(grid) * math.ceil(n / batch_size), desc="evaluate",
                          unit="batch", dynamic_ncols=True)
     with progress:
-        for sampler, num_steps, scale in grid:
-            progress.set_postfix(sampler=sampler, steps=num_steps, w=scale)
+        for sampler, num_steps, scale, classifier_scale in grid:
+            progress.set_postfix(sampler=sampler, steps=num_steps, w=scale, s=classifier_scale)
             sample_fn = from_config.make_sample_fn(
                 model, schedule, sampler=sampler, steps=num_steps,
                 eta=float(config.sample.eta), guidance_scale=scale,
                 prediction=config.diffusion.prediction,
                 shape=from_config.image_shape(config, batch=min(batch_size, n)),
+                classifier_apply=guide.apply if guide else None,
+                classifier_scale=classifier_scale,
             )
+            conds = _conds(model, target_labels)
+            if guide is not None and conds is None:
+                conds = jnp.asarray(target_labels)
             samples, compile_seconds, seconds = _generate(
-                sample_fn, params, _conds(model, target_labels), key=key, n=n,
-                batch_size=min(batch_size, n), progress=progress,
+                sample_fn, params, conds, key=key, n=n, batch_size=min(batch_size, n),
+                progress=progress, classifier_params=guide.params if guide else None,
             )
             logits, features = evaluation.classifier_outputs(classifier, c_params, samples)
             results.append({
                 "sampler": sampler,
                 "steps": num_steps,
                 "guidance_scale": scale,
+                "classifier_scale": classifier_scale,
                 "fid": evaluation.fid(features, reference),
                 "accuracy": (
                     evaluation.conditional_accuracy(logits, target_labels) if conditional else None
@@ -169,6 +201,8 @@ def evaluate(
             "loaded_from_cache": loaded,
         },
         "real_fid_floor": floor,
+        "guiding_classifier": None if guide is None else {
+            "workdir": guide.workdir, "checkpoint_step": guide.step},
         "results": results,
     }
     write_report(workdir, report)
@@ -254,7 +288,7 @@ def _conds(model, labels: np.ndarray) -> Any:
 
 
 def _generate(
-    sample_fn, params, conds, *, key, n: int, batch_size: int, progress
+    sample_fn, params, conds, *, key, n: int, batch_size: int, progress, classifier_params=None
 ) -> tuple[np.ndarray, float, float]:
     """(samples, compile_seconds, sample_seconds): n samples in [-1, 1], quantised to uint8
     levels like the real images they are compared with. Batch i uses key fold_in(key, i), so
@@ -269,12 +303,12 @@ def _generate(
                 cond = jnp.concatenate([cond, conds[: batch_size - len(cond)]])
         batches.append(cond)
     start = time.perf_counter()
-    compiled = sample_fn.lower(params, key, batches[0]).compile()
+    compiled = sample_fn.lower(params, key, batches[0], classifier_params).compile()
     compile_seconds = time.perf_counter() - start
     start = time.perf_counter()
     out = []
     for i, cond in enumerate(batches):
-        images, _ = compiled(params, jax.random.fold_in(key, i), cond)
+        images, _ = compiled(params, jax.random.fold_in(key, i), cond, classifier_params)
         out.append(np.asarray(images))
         progress.update(1)
     sample_seconds = time.perf_counter() - start
@@ -296,14 +330,23 @@ def write_report(workdir: pathlib.Path, report: dict[str, Any]) -> dict[str, pat
         f"- classifier held-out accuracy: {c['heldout_accuracy']:.4f} ({c['num_heldout']} images)",
         f"- real-vs-real FID floor ({report['num_samples']} vs {report['num_samples']}): "
         f"{report['real_fid_floor']:.3f}",
+    ]
+    guide = report.get("guiding_classifier")
+    if guide:
+        lines.append(f"- classifier guidance by {guide['workdir']} (step "
+                     f"{guide['checkpoint_step']})")
+    lines += [
         "",
-        "| sampler | steps | guidance | FID | accuracy | sampling seconds |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| sampler | steps | guidance |{' classifier scale |' if guide else ''} FID | "
+        "accuracy | sampling seconds |",
+        f"| --- | ---: | ---: |{' ---: |' if guide else ''} ---: | ---: | ---: |",
     ]
     for r in report["results"]:
         accuracy = "n/a" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
-        lines.append(f"| {r['sampler']} | {r['steps']} | {r['guidance_scale']:g} | "
-                     f"{r['fid']:.3f} | {accuracy} | {r['sample_seconds']:.1f} |")
+        classifier_scale = f" {r['classifier_scale']:g} |" if guide else ""
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['guidance_scale']:g} |"
+                     f"{classifier_scale} {r['fid']:.3f} | {accuracy} | "
+                     f"{r['sample_seconds']:.1f} |")
     paths["md"].write_text("\n".join(lines) + "\n")
     _plot(paths["png"], report)
     return paths
@@ -314,10 +357,12 @@ def _plot(path: pathlib.Path, report: dict[str, Any]) -> None:
     with_accuracy = any(r["accuracy"] is not None for r in results)
     fig, axes = plt.subplots(1, 2 if with_accuracy else 1, figsize=(12 if with_accuracy else 7, 4),
                              squeeze=False)
-    curves: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    # One curve per (sampler, CFG w, classifier-guidance s).
+    curves: dict[tuple[str, tuple[float, float]], list[dict[str, Any]]] = {}
     for r in results:
-        curves.setdefault((r["sampler"], r["guidance_scale"]), []).append(r)
-    scales = sorted({r["guidance_scale"] for r in results})
+        scale = (r["guidance_scale"], r.get("classifier_scale", 0.0))
+        curves.setdefault((r["sampler"], scale), []).append(r)
+    scales = sorted({scale for _, scale in curves})
     colors = {w: plt.get_cmap("tab10")(i % 10) for i, w in enumerate(scales)}
     markers = {"ddpm": "s", "ddpm_no_noise": "D", "ddim": "o", "corruption": "v"}
     metrics = [("fid", "FID (classifier features)")]
@@ -329,7 +374,8 @@ def _plot(path: pathlib.Path, report: dict[str, Any]) -> None:
             # Colour = guidance scale, marker = sampler: the same w reads alike across samplers.
             ax.plot([p["steps"] for p in points], [p[metric] for p in points],
                     color=colors[scale], marker=markers.get(sampler, "^"),
-                    label=f"{sampler}, w={scale:g}")
+                    label=f"{sampler}, w={scale[0]:g}"
+                    + (f", s={scale[1]:g}" if report.get("guiding_classifier") else ""))
         reference = (report["real_fid_floor"] if metric == "fid"
                      else report["classifier"]["heldout_accuracy"])
         ax.axhline(reference, color="gray", linestyle="--")
@@ -355,16 +401,19 @@ def main(argv: list[str]) -> None:
         try:
             steps = [int(s) for s in _STEPS.value]
             guidance = [float(w) for w in _GUIDANCE.value]
+            classifier_scales = [float(s) for s in _CLASSIFIER_SCALES.value]
         except ValueError:
             raise from_config.ConfigError(
-                "--steps takes integers and --guidance numbers, comma-separated"
+                "--steps takes integers, --guidance and --classifier_scales numbers, "
+                "comma-separated"
             ) from None
         evaluate(
             _WORKDIR.value, samplers=_SAMPLERS.value, steps=steps, guidance=guidance,
             num=_NUM.value, batch_size=_BATCH.value, seed=_SEED.value, split=_SPLIT.value,
             max_real=_MAX_REAL.value, holdout=_HOLDOUT.value,
             classifier_steps=_CLASSIFIER_STEPS.value, cache_dir=_CACHE_DIR.value,
-            use_ema=_USE_EMA.value,
+            use_ema=_USE_EMA.value, classifier_workdir=_CLASSIFIER_WORKDIR.value,
+            classifier_scales=classifier_scales,
         )
         print((pathlib.Path(_WORKDIR.value) / "eval.md").read_text())
 

@@ -8,6 +8,7 @@ instead of showing a traceback (``exit_on_user_error``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 import sys
@@ -25,7 +26,7 @@ from jaxdiff import checkpoint, losses, models, optim, schedules
 from jaxdiff import train as jd_train
 
 SCHEDULES = ("linear", "cosine", "scaled_linear")
-LOSSES = ("denoising", "corruption")
+LOSSES = ("denoising", "corruption", "noisy_classifier")
 SAMPLERS = ("ddpm", "ddpm_no_noise", "ddim", "corruption")
 
 
@@ -109,6 +110,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
         raise ConfigError(f"diffusion.loss must be one of {LOSSES}, got {d.loss!r}")
     if int(d.num_timesteps) < 1:
         raise ConfigError(f"diffusion.num_timesteps must be >= 1, got {d.num_timesteps}")
+    from experiments import classifier_setup
+
+    classifier_setup.validate(config)
     validate_sampling(
         config, sampler=s.sampler, steps=s.steps, eta=s.eta, guidance_scale=s.guidance_scale
     )
@@ -155,6 +159,10 @@ def is_conditional(config: ml_collections.ConfigDict) -> bool:
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
     """The Flax module of ``config.model``, checked against the data's image shape."""
+    from experiments import classifier_setup
+
+    if classifier_setup.is_classifier(config):
+        return classifier_setup.build_model(config)
     try:
         model = models.build(config.model)
     except (ValueError, TypeError) as e:
@@ -204,6 +212,8 @@ def build_loss(
 ) -> losses.LossFn:
     if config.diffusion.loss == "corruption":
         return losses.make_corruption_loss(model.apply)
+    if config.diffusion.loss == "noisy_classifier":
+        return losses.make_noisy_classifier_loss(model.apply, schedule)
     num_classes, _ = cond_spec(model)
     return losses.make_denoising_loss(
         model.apply,
@@ -312,11 +322,17 @@ def make_sample_fn(
     mesh: jax.sharding.Mesh | None = None,
     clip_x0: bool | None = None,
     variance: str | None = None,
-) -> Callable[[Any, jax.Array, Any], tuple[jax.Array, jax.Array | None]]:
-    """``sample(params, key, cond) -> (images (B,H,W,C) in [-1,1], trajectory)``, jitted.
+    classifier_apply: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None,
+    classifier_scale: float = 0.0,
+) -> Callable[..., tuple[jax.Array, jax.Array | None]]:
+    """``sample(params, key, cond, classifier_params=None) -> (images (B,H,W,C) in [-1,1],
+    trajectory)``, jitted.
 
     params and cond are arguments, not constants baked into the program, so one compile
-    serves every checkpoint (the train loop's previews) and every label set.
+    serves every checkpoint (the train loop's previews) and every label set. With
+    ``classifier_apply(classifier_params, x_t, t) -> logits`` and ``classifier_scale`` > 0,
+    classifier guidance toward the int labels ``cond`` wraps the (CFG-guided) denoiser; an
+    unconditional model is then called without the labels.
     """
     from jaxdiff import guidance, samplers
 
@@ -334,13 +350,22 @@ def make_sample_fn(
     if variance is not None and sampler == "ddpm":
         options["variance"] = variance
 
-    def run(params, key, cond):
+    guided_by_classifier = classifier_apply is not None and classifier_scale != 0
+    # The labels are the classifier's; an unconditional model never sees them (at s = 0 too).
+    drop_cond = classifier_apply is not None and not any(cond_spec(model))
+
+    def run(params, key, cond, classifier_params=None):
         def denoise_fn(x_t, t, c):
-            return model.apply({"params": params}, x_t, t, c)
+            return model.apply({"params": params}, x_t, t, None if drop_cond else c)
 
         if guidance_scale > 0:
             denoise_fn = guidance.cfg(
                 denoise_fn, guidance_scale=guidance_scale, num_classes=num_classes
+            )
+        if guided_by_classifier:
+            denoise_fn = guidance.classifier_guidance(
+                denoise_fn, functools.partial(classifier_apply, classifier_params), schedule,
+                scale=classifier_scale, prediction=prediction,
             )
         images, trajectory = sample_fn(denoise_fn, schedule, key, shape, cond=cond, **options)
         return jnp.clip(images, -1.0, 1.0), trajectory

@@ -29,7 +29,14 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
-from experiments import finetune, from_config, multihost, train_health, workdir_lock
+from experiments import (
+    classifier_setup,
+    finetune,
+    from_config,
+    multihost,
+    train_health,
+    workdir_lock,
+)
 from jaxdiff import checkpoint, distributed, optim
 from jaxdiff import train as jd_train
 
@@ -114,7 +121,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> jd_train.TrainSta
         print(f"{workdir} is already trained for {start_step} >= train.steps={total_steps} steps")
         return state
     train_step = jd_train.make_train_step(loss_fn, optimizer, mesh, state_sharding=shardings)
-    preview = _Preview(config, model, schedule, workdir, preview_key, mesh)
+    # A classifier run (classifier guidance) previews accuracy by noise level, not samples.
+    preview_type = (
+        classifier_setup.NoiseLevelAccuracy if classifier_setup.is_classifier(config) else _Preview
+    )
+    preview = preview_type(config, model, schedule, workdir, preview_key, mesh)
     logger = _MetricLogger(workdir, start_step=start_step, write=main_process)
     health = train_health.HealthCheck(float(config.train.learning_rate), verbose=main_process)
     stop = _StopOnSignal()
