@@ -10,9 +10,9 @@ Loads the run's saved config and newest checkpoint (EMA params), trains a featur
 cache, and sweeps sampler x steps x guidance scale. By default the sweep is the run's own
 preview sampler and steps (``config.sample``) at guidance 0 and at the config's scale: two
 settings, about 2 minutes on the digits run on 2 CPU cores. ``--full`` sweeps DDPM and DDIM
-at 10/25/50/100 steps and w = 0/1/3/5 (20 settings; 27 minutes on the digits run). DDPM walks all T steps, so ``--steps``
-applies to DDIM only; an unconditional model is evaluated at guidance 0 only, without
-accuracy. For every setting it reports FID against held-out real images (in the classifier's
+at 10/25/50/100 steps and w = 0/1/3/5 (20 settings; 27 minutes on the digits run). DDPM
+walks all T steps, so ``--steps`` applies to DDIM only; an unconditional model is evaluated
+at guidance 0 only, without accuracy. For every setting it reports FID against held-out real images (in the classifier's
 feature space; ``jaxdiff.evaluation``) and the accuracy of the classifier on the samples with
 the labels they were generated for. Two references put the numbers in context: the
 classifier's own held-out accuracy, and the real-vs-real FID floor (two disjoint held-out

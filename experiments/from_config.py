@@ -63,7 +63,8 @@ def parse_flags(argv: list[str], flag_values: Any = None) -> list[str]:
         if unknown is None:
             message = str(e)
         else:
-            message = user_input.field_hint(user_input.config_of(flag_values, argv), unknown.group(1))
+            config = user_input.config_of(flag_values, argv)
+            message = user_input.field_hint(config, unknown.group(1))
     except flags.Error as e:  # wrong type or unknown flag: absl's message is already clear
         message = str(e)
     except (AttributeError, KeyError) as e:  # an override names a field the config lacks
