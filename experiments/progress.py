@@ -22,7 +22,7 @@ import tqdm
 
 WARN_ABOVE_SECONDS = 3600.0
 # Steps timed (after the first, which compiles) before the estimate is trusted.
-ESTIMATE_AFTER_STEPS = 3
+ESTIMATE_AFTER_STEPS = 2
 ESTIMATE_AFTER_SECONDS = 2.0
 
 

@@ -89,5 +89,5 @@ def test_progress_estimates_from_steps_after_the_compile():
     for step, seconds in [(1, 30.0), (2, 36.0), (3, 42.0), (4, 48.0), (5, 54.0)]:
         now[0] = seconds  # a 30 s compile, then 6 s per step
         bar.update(step, jnp.zeros(()))
-    assert len(lines) == 1 and "about 1 h 40 min more" in lines[0]  # 996 steps x 6 s, once
-    assert "(996 steps at 6.00 s/step)" in lines[0]
+    assert len(lines) == 1 and "about 1 h 40 min more" in lines[0]  # 997 steps x 6 s, once
+    assert "(997 steps at 6.00 s/step)" in lines[0]
