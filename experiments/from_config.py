@@ -54,8 +54,18 @@ def parse_flags(argv: list[str], flag_values: Any = None) -> list[str]:
     (``--config.train.steps=abc``) or a config file that does not load exit with status 2."""
     from absl import flags
 
+    from experiments import user_input
+
+    flag_values = flag_values or flags.FLAGS
     try:
-        return (flag_values or flags.FLAGS)(argv)
+        return flag_values(argv)
+    except flags.UnrecognizedFlagError as e:  # --config.<section>.<field> with no such section
+        unknown = re.search(r"flag '(config\.[\w.]+)'", str(e))
+        if unknown is None:
+            message = str(e)
+        else:
+            config = user_input.config_of(flag_values, argv)
+            message = user_input.field_hint(config, unknown.group(1))
     except flags.Error as e:  # wrong type or unknown flag: absl's message is already clear
         message = str(e)
     except (AttributeError, KeyError) as e:  # an override names a field the config lacks
@@ -65,12 +75,7 @@ def parse_flags(argv: list[str], flag_values: Any = None) -> list[str]:
         field = guess.group(2) if guess else re.search(r"\w+", text).group(0)
         overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
         named = [a for a in overrides if field in a.split(".")] or overrides or ["--config"]
-        message = (
-            f"{named[0]}: the config has no field {field!r}"
-            + (f" (did you mean {guess.group(1)!r}?)" if guess else "")
-            + '; list the fields with: python -c "from configs import <name>; '
-            'print(<name>.get_config())"'
-        )
+        message = user_input.field_hint(user_input.config_of(flag_values, argv), named[0])
     except OSError as e:  # config file missing or raising on import
         message = " ".join(str(e).split())
     print(f"error: {message}", file=sys.stderr)
@@ -275,6 +280,9 @@ def _no_checkpoint(workdir) -> FileNotFoundError:
 
 def load_run_config(workdir) -> ml_collections.ConfigDict:
     """The config saved with the newest complete checkpoint in ``workdir``."""
+    from experiments import user_input
+
+    user_input.check_workdir(workdir)
     manager = checkpoint.make_manager(workdir, read_only=True)
     if manager.latest_step() is None:
         raise _no_checkpoint(workdir)

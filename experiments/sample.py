@@ -29,9 +29,8 @@ from absl import app, flags
 from jax.experimental import multihost_utils
 
 from experiments import classifier_setup, finetune, from_config, multihost
-from jaxdiff import distributed
+from jaxdiff import distributed, viz
 from jaxdiff import train as jd_train
-from jaxdiff import viz
 
 
 def define_flags() -> None:

@@ -6,11 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_guidance import NUM_CLASSES, label_fn
+from test_samplers import count_scans
 
 from jaxdiff import guidance, samplers, schedules
 from jaxdiff.models.classifier import Classifier
-from test_guidance import NUM_CLASSES, label_fn
-from test_samplers import count_scans
 
 SHAPE = (4, 4, 4, 1)
 D = 16
