@@ -71,6 +71,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> jd_tr
     CheckpointSaveError (disk full), and TrainingInterrupted after saving when
     SIGTERM/SIGINT arrives.
     """
+    workdir = user_input.check_workdir(workdir)  # before the lock file is made in it
     with workdir_lock.hold(workdir):
         return _train(config, workdir)
 
@@ -84,7 +85,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> jd_train.TrainSta
     optimizer = finetune.build_optimizer(config)
     loss_fn = from_config.build_loss(config, model, schedule)
 
-    workdir = user_input.check_workdir(workdir)
+    workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     main_process = distributed.is_main_process()
     state_key, preview_key = jax.random.split(jax.random.key(int(config.train.seed)))
