@@ -28,7 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
-from experiments import from_config
+from experiments import controlnet_setup, from_config
 from jaxdiff import checkpoint, optim
 from jaxdiff import train as jd_train
 
@@ -59,11 +59,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> jd_tr
     """
     mesh = jd_train.make_mesh()
     from_config.validate_config(config, num_devices=mesh.size)
-    model = from_config.build_model(config)
     schedule = from_config.build_schedule(config)
     optimizer = from_config.build_optimizer(config)
-    loss_fn = from_config.build_loss(config, model, schedule)
-    data_iterator = from_config.build_data(config)
+    if controlnet_setup.enabled(config):  # the base frozen, only the ControlNet trained
+        controlnet_setup.validate(config)
+        model = controlnet_setup.build_model(config, workdir, for_training=True)
+        loss_fn = controlnet_setup.build_loss(config, model, schedule)
+        data_iterator = controlnet_setup.build_data(config)
+    else:
+        model = from_config.build_model(config)
+        loss_fn = from_config.build_loss(config, model, schedule)
+        data_iterator = from_config.build_data(config)
 
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -238,6 +244,16 @@ class _Preview:
         self.cond, rows = from_config.grid_conds(model, per_row=int(s.num))
         num = int(s.num) * rows if rows else int(s.num)
         self.ncol = from_config.grid_columns(num, rows)
+        self.show = lambda images: images
+        if controlnet_setup.enabled(config):  # held-out hints, shown above the samples
+            self.cond, _ = controlnet_setup.sample_conds(
+                config, None, hint_image=None, hint_type=None, compute_hint=False,
+                hints_from_data=num,
+            )
+            hint_maps = np.asarray(self.cond["hint"])
+            self.show = lambda images: controlnet_setup.hints_above(
+                images, hint_maps, ncol=self.ncol
+            )
         self.scale = viz.display_scale(int(config.data.image_size))
         self.sample = from_config.make_sample_fn(
             model,
@@ -256,6 +272,7 @@ class _Preview:
 
     def write(self, step: int, params: Any, writer: SummaryWriter) -> None:
         images, _ = self.sample(params, self.key, self.cond)
+        images = self.show(np.asarray(images))
         self.dir.mkdir(exist_ok=True)
         path = self.dir / f"step_{step:07d}.png"
         grid = self.viz.image_grid(np.asarray(images), ncol=self.ncol, scale=self.scale)
