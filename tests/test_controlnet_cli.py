@@ -15,6 +15,9 @@ from configs.digits_controlnet import controlnet_section
 from experiments import controlnet_setup, from_config, sample, train
 from jaxdiff import hints
 
+# Three trainings and five samplers compiled: end to end, so marked slow (still run in CI).
+pytestmark = pytest.mark.slow
+
 
 def controlnet_config(base_workdir, **overrides):
     config = tiny_config()
