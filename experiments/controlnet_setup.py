@@ -26,6 +26,7 @@ from jaxdiff.models.controlnet import ControlledUNet, ControlNet
 BASE_PARAMS = "base_params.msgpack"
 HINT_DEVICES = ("data", "device")
 BINARY_HINTS = ("canny", "hough", "scribble")
+SEGMENTATION_REGIONS = 3  # hints.segmentation's default
 
 
 def enabled(config: ml_collections.ConfigDict) -> bool:
@@ -320,12 +321,18 @@ def hint_agreement(
     config: ml_collections.ConfigDict, images: np.ndarray, hint_maps: np.ndarray
 ) -> np.ndarray:
     """Per-image F1 at exact pixels between the run's hint of ``images`` ([-1, 1]) and
-    ``hint_maps``: edge-like hints binarised at 0.5; segmentation maps as foreground
-    (any region above the darkest); depth as the near half (> 0.5)."""
-    threshold = 0.0 if config.controlnet.hint == "segmentation" else 0.5
-    if config.controlnet.hint == "depth":
+    ``hint_maps``: edge-like hints (Canny, Hough, scribble) binarised at 0.5; segmentation
+    maps scored per region, the mean of the F1s of the regions above the darkest one (the
+    background alone would reward any centred blob). Depth cannot be recomputed here."""
+    hint = config.controlnet.hint
+    if hint == "depth":
         raise from_config.ConfigError("depth hints cannot be recomputed from samples here")
-    return hints.edge_f1(make_hints(config, images), hint_maps, threshold=threshold)
+    made = make_hints(config, images)
+    if hint != "segmentation":
+        return hints.edge_f1(made, hint_maps)
+    regions = SEGMENTATION_REGIONS - 1
+    made, given = np.rint(made * regions), np.rint(np.asarray(hint_maps) * regions)
+    return np.mean([hints.edge_f1(made == k, given == k) for k in range(1, regions + 1)], axis=0)
 
 
 def write_agreement_report(

@@ -19,7 +19,7 @@ are first made grey with OpenCV's BT.601 weights (``cv2.COLOR_RGB2GRAY``).
   (ControlNet's M-LSD/Hough hint).
 * ``scribble``: thick, jittered strokes synthesised from the edges, as ControlNet's
   authors made their scribble data from HED edges (smooth random displacement, dilation).
-* ``segmentation``: grey levels clustered into ``num_regions`` regions with ``cv2.kmeans``
+* ``segmentation``: grey levels clustered into ``num_regions`` regions by 1-D k-means
   (or equal-width thresholds), region k of K drawn as k / (K - 1), ordered dark to bright.
 * ``load_depth``: depth maps the user supplies (``.npy``, 8- or 16-bit PNG). No monocular
   depth model (MiDaS, as ControlNet used) can be downloaded here; ``jaxdiff.scenes``
@@ -273,14 +273,15 @@ def scribble(
 
 
 def segmentation(
-    images: Any, *, num_regions: int = 3, method: str = "kmeans", seed: int = 0
+    images: Any, *, num_regions: int = 3, method: str = "kmeans", iterations: int = 20
 ) -> np.ndarray:
     """Grey levels split into ``num_regions`` regions -> (N, H, W, 1) with values
     k / (num_regions - 1), k = 0 the darkest region.
 
-    "kmeans": ``cv2.kmeans`` on each image's grey values (k-means++ seeding with OpenCV's
-    RNG set to ``seed``, 3 attempts), clusters ordered by their centre; "threshold": equal
-    bins of [0, 255]. An image with fewer distinct levels than regions uses fewer values.
+    "kmeans": Lloyd's k-means on each image's grey values, in one dimension, started from
+    centres at evenly spaced quantiles (deterministic, unlike OpenCV's randomly seeded
+    ``cv2.kmeans``); clusters are ordered by their centre. "threshold": equal bins of
+    [0, 255]. An image with fewer distinct levels than regions uses fewer values.
     """
     if num_regions < 2:
         raise ValueError(f"num_regions must be >= 2, got {num_regions}")
@@ -290,21 +291,21 @@ def segmentation(
         return _as_map(levels / (num_regions - 1))
     if method != "kmeans":
         raise ValueError(f"segmentation method must be 'kmeans' or 'threshold', got {method!r}")
-    out = np.empty(gray.shape, np.float32)
-    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
-    for k, g in enumerate(gray):
-        values = g.reshape(-1, 1).astype(np.float32)
-        clusters = min(num_regions, len(np.unique(values)))
-        if clusters < 2:
-            out[k] = 0.0
-            continue
-        cv2.setRNGSeed(seed)
-        _, labels, centres = cv2.kmeans(
-            values, clusters, None, criteria, 3, cv2.KMEANS_PP_CENTERS
-        )
-        rank = np.argsort(np.argsort(centres[:, 0]))
-        out[k] = (rank[labels[:, 0]] / (num_regions - 1)).reshape(g.shape)
-    return out[..., None]
+    values = gray.reshape(len(gray), -1).astype(np.float32)  # (N, P)
+    quantiles = (np.arange(num_regions) + 0.5) / num_regions
+    centres = np.quantile(values, quantiles, axis=1).T  # (N, K), ascending
+    for _ in range(iterations):
+        labels = np.argmin(np.abs(values[:, :, None] - centres[:, None, :]), axis=-1)
+        for k in range(num_regions):
+            members = labels == k
+            count = members.sum(axis=1)
+            mean = (values * members).sum(axis=1) / np.maximum(count, 1)
+            centres[:, k] = np.where(count > 0, mean, centres[:, k])
+    labels = np.argmin(np.abs(values[:, :, None] - centres[:, None, :]), axis=-1)
+    # Centres stay in ascending order in 1-D k-means, but equal ones merge: rank them.
+    rank = np.argsort(np.argsort(centres, axis=1, kind="stable"), axis=1, kind="stable")
+    regions = np.take_along_axis(rank, labels, axis=1).reshape(gray.shape)
+    return _as_map(regions / (num_regions - 1))
 
 
 def load_depth(path: str | pathlib.Path, *, size: int | tuple[int, int] | None = None) -> np.ndarray:
@@ -345,7 +346,7 @@ def make(images: Any, *, hint: str, seed: int = 0, **options: Any) -> np.ndarray
         raise ValueError(
             f"hint {hint!r} cannot be computed from images; choose one of {sorted(makers)}"
         )
-    if hint in ("scribble", "segmentation"):
+    if hint == "scribble":
         options["seed"] = seed
     return makers[hint](images, **options)
 
