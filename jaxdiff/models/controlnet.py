@@ -33,12 +33,6 @@ import jax.numpy as jnp
 from jaxdiff.models.layers import PADDING_1
 from jaxdiff.models.unet import UNet, encode
 
-# The UNet fields that fix the copied encoder's architecture.
-ENCODER_FIELDS = (
-    "block_out_channels", "layers_per_block", "attention_levels", "mid_attention",
-    "attention_head_dim", "norm_num_groups", "norm_eps", "dropout", "time_embedding_dim",
-    "flip_sin_to_cos", "freq_shift", "num_classes", "context_dim", "dtype",
-)
 # Top-level parameter subtrees the ControlNet shares (by name and shape) with the UNet.
 COPIED = ("time_embedding", "class_embedding", "context_embedding", "conv_in", "mid_block")
 
@@ -77,45 +71,34 @@ class ControlNet(nn.Module):
     residuals ``UNet.__call__`` takes, unscaled. ``cond`` is a dict with 'hint' (B, H, W,
     C_hint) float in [0, 1] and the base model's 'label' / 'context' entries.
 
-    The fields in ENCODER_FIELDS must equal the base UNet's (``from_unet`` copies them);
-    ``hint_channels`` are the hint encoder's widths.
+    ``unet`` is the base UNet whose architecture fields the copy takes (its
+    decoder fields are unused); ``hint_channels`` are the hint encoder's widths.
     """
 
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: int = 2
-    attention_levels: tuple[int, ...] = (1, 2)
-    mid_attention: bool = True
-    attention_head_dim: int | None = 8
-    norm_num_groups: int = 32
-    norm_eps: float = 1e-5
-    dropout: float = 0.0
-    time_embedding_dim: int | None = None
-    flip_sin_to_cos: bool = True
-    freq_shift: float = 0
-    num_classes: int | None = None
-    context_dim: int | None = None
-    dtype: Any = jnp.float32
+    unet: UNet
     hint_channels: tuple[int, ...] = (16, 32)
 
     @classmethod
     def from_unet(cls, unet: UNet, *, hint_channels: tuple[int, ...] = (16, 32)) -> ControlNet:
-        return cls(**{f: getattr(unet, f) for f in ENCODER_FIELDS}, hint_channels=hint_channels)
+        return cls(unet.clone(parent=None), tuple(hint_channels))
 
     @nn.compact
     def __call__(
         self, x: jax.Array, t: jax.Array, cond: Any, *, train: bool = False
     ) -> tuple[list[jax.Array], jax.Array]:
+        unet, dtype = self.unet, self.unet.dtype
         hint = hint_of(cond, x)
         features = HintEncoder(
-            tuple(self.hint_channels), self.block_out_channels[0], self.dtype,
+            tuple(self.hint_channels), unet.block_out_channels[0], dtype,
             name="controlnet_cond_embedding",
-        )(hint.astype(self.dtype))
-        _, skips, mid = encode(self, x, t, cond, train=train, hint_features=features)
+        )(hint.astype(dtype))
+        # The encoder's layers are built here, in this module: the copy's own parameters.
+        _, skips, mid = encode(unet, x, t, cond, train=train, hint_features=features)
         down = [
-            _zero_conv(s.shape[-1], self.dtype, f"controlnet_down_blocks_{k}")(s)
+            _zero_conv(s.shape[-1], dtype, f"controlnet_down_blocks_{k}")(s)
             for k, s in enumerate(skips)
         ]
-        return down, _zero_conv(mid.shape[-1], self.dtype, "controlnet_mid_block")(mid)
+        return down, _zero_conv(mid.shape[-1], dtype, "controlnet_mid_block")(mid)
 
 
 def hint_of(cond: Any, x: jax.Array) -> jax.Array:
