@@ -75,3 +75,21 @@ def test_config_errors():
         controlnet_setup.validate(config(hint="depth"))
     with pytest.raises(from_config.ConfigError, match="must be one of"):
         controlnet_setup.validate(config(hint="edges"))
+
+
+@pytest.mark.parametrize(
+    "name, base",
+    [("digits_controlnet", "digits"), ("mnist_controlnet", "mnist"),
+     ("scenes_depth_controlnet", "scenes")],
+)
+def test_controlnet_configs_validate_and_keep_their_bases_model(name, base):
+    import importlib
+
+    c = importlib.import_module(f"configs.{name}").get_config()
+    from_config.validate_config(c, num_devices=1)
+    controlnet_setup.validate(c)
+    base_config = importlib.import_module(f"configs.{base}").get_config()
+    from_config.validate_config(base_config, num_devices=1)
+    assert c.model.to_dict() == base_config.model.to_dict()
+    assert c.diffusion.to_dict() == base_config.diffusion.to_dict()
+    assert c.data.to_dict() == base_config.data.to_dict()
