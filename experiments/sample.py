@@ -61,7 +61,7 @@ def define_flags() -> None:
         "--sampler ddpm --compare ddpm_no_noise (the seeds' right and wrong samplers).",
     )
     flags.DEFINE_string("hint_image", None, "ControlNet: a hint map (PNG/JPEG/.npy, any size).")
-    flags.DEFINE_bool("compute_hint", False, "ControlNet: --hint_image is a picture; make its hint.")
+    flags.DEFINE_bool("compute_hint", False, "ControlNet: make the hint of a --hint_image photo.")
     flags.DEFINE_string("hint_type", None, "ControlNet: the hint type of --hint_image (checked).")
     flags.DEFINE_integer("hints_from_data", None, "ControlNet: sample from N held-out hints.")
 

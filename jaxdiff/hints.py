@@ -308,7 +308,9 @@ def segmentation(
     return _as_map(regions / (num_regions - 1))
 
 
-def load_depth(path: str | pathlib.Path, *, size: int | tuple[int, int] | None = None) -> np.ndarray:
+def load_depth(
+    path: str | pathlib.Path, *, size: int | tuple[int, int] | None = None
+) -> np.ndarray:
     """A depth map from a file -> (1, H, W, 1) float32 in [0, 1], resized to ``size``.
 
     ``.npy``: (H, W) or (H, W, 1) floats, min-max normalised (a constant map gives 0).

@@ -131,7 +131,7 @@ print("at initialisation the controlled output equals the base's exactly:", same
 control_params = train(model, control_params, CONTROL_STEPS, hinted=True)
 print("base params bit-identical after training:", all(
     np.array_equal(a, b) for a, b in zip(jax.tree.leaves(base_copy),
-                                         jax.tree.leaves(model.base_params))))
+                                         jax.tree.leaves(model.base_params), strict=True)))
 
 # %% [markdown]
 # ## 3. Sampling from hints

@@ -40,7 +40,7 @@ def test_at_init_the_output_is_exactly_the_base_models(setup):
                                   base["down_blocks_0"]["resnets_0"]["conv1"]["kernel"])
     np.testing.assert_array_equal(params["class_embedding"]["embedding"],
                                   base["class_embedding"]["embedding"])
-    assert not any(jnp.any(l) for l in jax.tree.leaves(params["controlnet_mid_block"]))
+    assert not any(jnp.any(p) for p in jax.tree.leaves(params["controlnet_mid_block"]))
     assert len([k for k in params if k.startswith("controlnet_down_blocks_")]) == len(
         UNET.skip_shapes(8, 8)
     )

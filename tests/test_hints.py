@@ -2,7 +2,6 @@
 
 import cv2
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -25,7 +24,8 @@ def _shapes(num: int, *, size: int = 48, seed: int = 0) -> np.ndarray:
             elif kind == 1:
                 cv2.rectangle(im, tuple(map(int, a)), tuple(map(int, b)), colour, -1)
             else:
-                cv2.line(im, tuple(map(int, a)), tuple(map(int, b)), colour, int(rng.integers(1, 4)))
+                width = int(rng.integers(1, 4))
+                cv2.line(im, tuple(map(int, a)), tuple(map(int, b)), colour, width)
         noise = rng.normal(0, rng.uniform(0, 12), im.shape)
         out[k, ..., 0] = np.clip(np.round(im + noise), 0, 255).astype(np.uint8)
     return out
@@ -120,7 +120,8 @@ def test_scribble_is_a_thickened_jittered_copy_of_the_edges():
 def test_segmentation_recovers_three_flat_regions(method):
     image = np.zeros((1, 12, 12, 1), np.uint8)
     image[0, :, 4:8], image[0, :, 8:] = 120, 250
-    noisy = np.clip(image.astype(int) + np.random.default_rng(0).integers(-5, 6, image.shape), 0, 255)
+    noise = np.random.default_rng(0).integers(-5, 6, image.shape)
+    noisy = np.clip(image.astype(int) + noise, 0, 255)
     seg = hints.segmentation(noisy.astype(np.uint8), num_regions=3, method=method)[0, ..., 0]
     assert seg.dtype == np.float32
     np.testing.assert_array_equal(seg[:, :4], 0.0)
@@ -182,4 +183,5 @@ def test_scenes_depth_is_the_analytic_surface():
     assert z[2] == np.inf
     np.testing.assert_allclose(normal[:, 0], [0, 0, -1])
     np.testing.assert_allclose(normal[:, 1], [0.6, 0, -0.8], atol=1e-6)
-    np.testing.assert_array_equal(scenes.load_scenes(3, seed=5).hints, scenes.load_scenes(3, seed=5).hints)
+    again = scenes.load_scenes(3, seed=5).hints
+    np.testing.assert_array_equal(scenes.load_scenes(3, seed=5).hints, again)
