@@ -15,6 +15,9 @@ Sections (``--only``, comma list):
   diffusers model stepped by ``DDIMScheduler`` / ``DDPMScheduler`` under ``inference_mode``.
 * ``dit``: images/s of a DiT train step (``--dit_size``/``--dit_patch``, class labels)
   against ``experiments.torch_dit.TorchDiT``, a PyTorch twin with the same parameter count.
+* ``canny`` (needs no torch): images/s of ``jaxdiff.hints.canny_jax`` jit-compiled on a batch
+  of ``--canny_batch`` MNIST test digits (../shared/data/mnist; random shapes when absent)
+  against a Python loop of ``cv2.Canny`` over the same images (thresholds 100/200).
 
 Timing: everything is compiled/warmed up first (``--warmup`` calls, not timed); then the
 variants run interleaved, A B C A B C ..., ``--repeats`` times, and the median is kept, so a
@@ -49,7 +52,7 @@ from jaxdiff.losses import make_denoising_loss
 from jaxdiff.optim import make_optimizer
 from jaxdiff.train import create_train_state, make_mesh, make_train_step, shard_batch
 
-SECTIONS = ("train", "sample", "dit")
+SECTIONS = ("train", "sample", "dit", "canny")
 NUM_TIMESTEPS = 1000
 LEARNING_RATE, GRAD_CLIP, EMA_DECAY = 1e-4, 1.0, 0.999
 
@@ -75,6 +78,7 @@ _XLA_OPTIONS = flags.DEFINE_string(
     "xla_options", "", "Also time jax compiled with these XLA options, e.g. "
     "'xla_cpu_use_onednn=true,xla_cpu_use_xnnpack=false'."
 )
+_CANNY_BATCH = flags.DEFINE_integer("canny_batch", 256, "Images per call of the canny section.")
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON here (and .md beside it).")
 
 
@@ -414,11 +418,45 @@ def bench_dit(cfg: dict[str, Any], variant_kw: dict) -> list[dict[str, Any]]:
                      reference=f"PyTorch {label} twin")
 
 
+def canny_callables(images: np.ndarray, *, low: float = 100.0, high: float = 200.0):
+    """{'jax canny (jit)': ..., 'cv2.Canny loop': ...}: blocking calls over the same uint8
+    images (N, H, W, 1); the jax one compiled here, before any timing."""
+    from jaxdiff import hints
+
+    x = jnp.asarray(images.astype(np.float32) / 127.5 - 1.0)
+    edges = jax.jit(lambda a: hints.canny_jax(a, low=low, high=high))
+    edges(x).block_until_ready()
+    return {
+        "jax canny (jit)": lambda: edges(x).block_until_ready(),
+        "cv2.Canny loop": lambda: hints.canny(images, low=low, high=high),
+    }
+
+
+def bench_canny(cfg: dict[str, Any], variant_kw: dict) -> list[dict[str, Any]]:
+    del variant_kw
+    from jaxdiff import sources
+
+    n = cfg["canny_batch"]
+    mnist = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
+    try:
+        images = sources.load_idx(mnist, split="test").images[:n]
+    except FileNotFoundError:
+        images = np.random.default_rng(0).integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
+    fns = canny_callables(np.ascontiguousarray(images))
+    times = interleaved_times(fns, repeats=cfg["repeats"], warmup=cfg["warmup"])
+    return make_rows("canny", times, images_per_call=len(images), reference="cv2.Canny loop")
+
+
 def environment() -> dict[str, Any]:
-    """Device, versions, flags and command of this run, for the JSON."""
-    import diffusers
+    """Device, versions, flags and command of this run, for the JSON (torch and diffusers
+    versions when installed)."""
     import flax
-    import torch
+
+    try:
+        import diffusers
+        import torch
+    except ImportError:  # the canny section needs neither
+        diffusers = torch = None
 
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -426,8 +464,8 @@ def environment() -> dict[str, Any]:
         cpu = f"{names[0]} x{len(names)}" if names else cpu
     return dict(
         device=f"{jax.devices()[0].platform}: {cpu}", jax=jax.__version__, flax=flax.__version__,
-        torch=torch.__version__, diffusers=diffusers.__version__,
-        torch_threads=torch.get_num_threads(), XLA_FLAGS=os.environ.get("XLA_FLAGS", ""),
+        torch=torch and torch.__version__, diffusers=diffusers and diffusers.__version__,
+        torch_threads=torch and torch.get_num_threads(), XLA_FLAGS=os.environ.get("XLA_FLAGS", ""),
         OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", ""),
         command="python -m experiments.benchmark " + " ".join(sys.argv[1:]),
         load_average=os.getloadavg(),
@@ -447,12 +485,17 @@ def main(argv: list[str]) -> None:
         attention_levels=parse_ints(_ATTENTION.value), norm_groups=_GROUPS.value,
         repeats=_REPEATS.value, warmup=_WARMUP.value, ddim_steps=_DDIM_STEPS.value,
         ddpm_steps=_DDPM_STEPS.value, dit_size=_DIT_SIZE.value, dit_patch=_DIT_PATCH.value,
+        canny_batch=_CANNY_BATCH.value,
     )
     variant_kw = dict(xla_options=parse_xla_options(_XLA_OPTIONS.value))
     env = environment()
     print(json.dumps(env))
     rows: list[dict[str, Any]] = []
-    for section, fn in (("train", bench_train), ("sample", bench_sample), ("dit", bench_dit)):
+    sections = (
+        ("train", bench_train), ("sample", bench_sample), ("dit", bench_dit),
+        ("canny", bench_canny),
+    )
+    for section, fn in sections:
         if section in only:
             new = fn(cfg, variant_kw)
             print(markdown_table(new), flush=True)

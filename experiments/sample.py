@@ -14,6 +14,14 @@ the flags left unset take ``config.sample``'s values. A conditional model draws 
 ``--num`` images per label (or per one-hot context); an unconditional one ``--num`` images.
 Writes ``<out>/grid.png``, ``<out>/denoising.gif`` and ``<out>/samples.npz`` (uint8
 ``images`` (N, H, W, C) and their ``labels`` (N,) or ``context`` (N, D)).
+
+A ControlNet run (configs/*_controlnet.py) samples from a hint: ``--hint_image PATH`` (a
+hint map, or with ``--compute_hint`` an ordinary image whose hint is made) for every label
+row, or ``--hints_from_data N`` (N held-out images of the run's data set, with their
+labels). ``samples.npz`` then also holds ``hints`` (N, H, W, 1), ``grid.png`` shows each row
+of hints above its samples, and ``--hints_from_data`` writes ``hint_report.json``: the F1 at
+exact pixels between the hints of the samples and the hints they were given, next to the
+base model's from the same seed and labels.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import numpy as np
 from absl import app, flags
 from jax.experimental import multihost_utils
 
-from experiments import classifier_setup, finetune, from_config, multihost
+from experiments import classifier_setup, controlnet_setup, finetune, from_config, multihost
 from jaxdiff import distributed, viz
 from jaxdiff import train as jd_train
 
@@ -67,6 +75,10 @@ def define_flags() -> None:
     )
     flags.DEFINE_float("classifier_scale", 1.0, "Classifier guidance scale s (eps - s sigma "
                        "grad log p(y|x_t)); with --classifier_workdir.")
+    flags.DEFINE_string("hint_image", None, "ControlNet: a hint map (PNG/JPEG/.npy, any size).")
+    flags.DEFINE_bool("compute_hint", False, "ControlNet: make the hint of a --hint_image photo.")
+    flags.DEFINE_string("hint_type", None, "ControlNet: the hint type of --hint_image (checked).")
+    flags.DEFINE_integer("hints_from_data", None, "ControlNet: sample from N held-out hints.")
 
 
 GIF_FRAMES = 40
@@ -89,6 +101,10 @@ def sample(
     pretrained: str | None = None,
     classifier_workdir: str | None = None,
     classifier_scale: float = 1.0,
+    hint_image: str | None = None,
+    compute_hint: bool = False,
+    hint_type: str | None = None,
+    hints_from_data: int | None = None,
 ) -> dict[str, Any]:
     """Samples from ``workdir``'s newest checkpoint and writes grid, GIF and npz to ``out``.
 
@@ -126,19 +142,29 @@ def sample(
     if classifier_workdir:
         classifier_setup.validate_guidance(config, sampler=sampler, scale=classifier_scale)
         guide = classifier_setup.load_guide(classifier_workdir, config)
-    model = from_config.build_model(config)
+    controlled = controlnet_setup.enabled(config)
+    if controlled:
+        model = controlnet_setup.build_model(config, workdir, for_training=False)
+    else:
+        model = from_config.build_model(config)
     schedule = from_config.build_schedule(config)
     cond, ncol = _conds(
         model, labels=labels, context=context, num=num,
         guide_classes=guide.num_classes if guide else None,
     )
+    if controlled:
+        cond, _ = controlnet_setup.sample_conds(
+            config, cond, num=num, hint_image=hint_image, compute_hint=compute_hint,
+            hint_type=hint_type, hints_from_data=hints_from_data,
+        )
+        ncol = ncol if hints_from_data is None else from_config.grid_columns(len(cond["hint"]), 0)
     batch = num if cond is None else jax.tree.leaves(cond)[0].shape[0]
     mesh = jd_train.make_mesh()
     walked = schedule.num_timesteps if sampler in ("ddpm", "ddpm_no_noise") else steps
 
-    def make(name: str, keep_every: int):
+    def make(name: str, keep_every: int, net: Any = model):
         return from_config.make_sample_fn(
-            model,
+            net,
             schedule,
             sampler=name,
             steps=steps,
@@ -183,13 +209,17 @@ def sample(
     scale = viz.display_scale(int(config.data.image_size))
     uint8 = viz.to_uint8(np.asarray(images))
     arrays = {"images": uint8}
-    if cond is not None:
-        arrays["labels" if jnp.issubdtype(cond.dtype, jnp.integer) else "context"] = np.asarray(
-            cond
-        )
+    shown, saved_cond = np.asarray(images), cond
+    if controlled:
+        arrays["hints"] = np.asarray(cond["hint"])
+        shown = controlnet_setup.hints_above(shown, arrays["hints"], ncol=ncol)
+        saved_cond = cond.get("label")
+    if saved_cond is not None:
+        kind = "labels" if jnp.issubdtype(saved_cond.dtype, jnp.integer) else "context"
+        arrays[kind] = np.asarray(saved_cond)
     result = {
         "images": uint8,
-        "grid": viz.save_grid(out_dir / "grid.png", np.asarray(images), ncol=ncol, scale=scale),
+        "grid": viz.save_grid(out_dir / "grid.png", shown, ncol=ncol, scale=scale),
         "gif": viz.save_gif(
             out_dir / "denoising.gif", np.asarray(trajectory), ncol=ncol, scale=scale
         ),
@@ -197,6 +227,13 @@ def sample(
         "seconds": seconds,
     }
     np.savez_compressed(result["npz"], **arrays)
+    if controlled and hints_from_data is not None:
+        # The base model alone from the same key and labels: what the hints add.
+        base_images, _ = make(sampler, 0, net=model.unet)(model.base_params, key, saved_cond)
+        result["report"] = controlnet_setup.write_agreement_report(
+            out_dir / "hint_report.json", config, images=np.asarray(images),
+            base_images=np.asarray(base_images), hint_maps=arrays["hints"],
+        )
     if compare:
         result["compare"] = viz.save_side_by_side(
             out_dir / "compare.png",
@@ -293,6 +330,10 @@ def main(argv: list[str]) -> None:
             pretrained=f.pretrained,
             classifier_workdir=f.classifier_workdir,
             classifier_scale=f.classifier_scale,
+            hint_image=f.hint_image,
+            compute_hint=f.compute_hint,
+            hint_type=f.hint_type,
+            hints_from_data=f.hints_from_data,
         )
 
 

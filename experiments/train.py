@@ -31,6 +31,7 @@ from tensorboardX import SummaryWriter
 
 from experiments import (
     classifier_setup,
+    controlnet_setup,
     finetune,
     from_config,
     multihost,
@@ -80,10 +81,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> jd_train.TrainSta
     mesh = from_config.build_mesh(config)
     config = finetune.resolve(config)  # init_from: the pretrained model's settings
     from_config.validate_config(config, num_devices=mesh.size)
-    model = from_config.build_model(config)
     schedule = from_config.build_schedule(config)
     optimizer = finetune.build_optimizer(config)
-    loss_fn = from_config.build_loss(config, model, schedule)
+    if controlnet_setup.enabled(config):  # the base frozen, only the ControlNet trained
+        controlnet_setup.validate(config)
+        model = controlnet_setup.build_model(config, workdir, for_training=True)
+        loss_fn = controlnet_setup.build_loss(config, model, schedule)
+        build_data = controlnet_setup.build_data
+    else:
+        model = from_config.build_model(config)
+        loss_fn = from_config.build_loss(config, model, schedule)
+        build_data = from_config.build_data
 
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +111,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> jd_train.TrainSta
     start_step = 0 if restored is None else restored[1]
     # Positioned by step: batch k of the global stream is the same for any process count.
     # Built before the init compiles, so bad data is reported at once.
-    data_iterator = from_config.build_data(config, start_batch=start_step)
+    data_iterator = build_data(config, start_batch=start_step)
     if restored is not None:
         state = restored[0]
         if main_process:
@@ -279,6 +287,16 @@ class _Preview:
         self.cond, rows = from_config.grid_conds(model, per_row=int(s.num))
         num = int(s.num) * rows if rows else int(s.num)
         self.ncol = from_config.grid_columns(num, rows)
+        self.show = lambda images: images
+        if controlnet_setup.enabled(config):  # held-out hints, shown above the samples
+            self.cond, _ = controlnet_setup.sample_conds(
+                config, None, hint_image=None, hint_type=None, compute_hint=False,
+                hints_from_data=num,
+            )
+            hint_maps = np.asarray(self.cond["hint"])
+            self.show = lambda images: controlnet_setup.hints_above(
+                images, hint_maps, ncol=self.ncol
+            )
         self.scale = viz.display_scale(int(config.data.image_size))
         self.sample = from_config.make_sample_fn(
             model,
@@ -301,6 +319,7 @@ class _Preview:
             images = multihost_utils.process_allgather(images, tiled=True)
         if writer is None:  # not the main process
             return
+        images = self.show(np.asarray(images))
         self.dir.mkdir(exist_ok=True)
         path = self.dir / f"step_{step:07d}.png"
         grid = self.viz.image_grid(np.asarray(images), ncol=self.ncol, scale=self.scale)

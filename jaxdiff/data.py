@@ -134,6 +134,8 @@ def _prepare(
         out["label"] = np.int32(record["label"])
     if "context" in record:
         out["context"] = np.asarray(record["context"], np.float32)
+    if "hint" in record:  # a ControlNet hint map (H, W, C) in [0, 1], made at the final size
+        out["hint"] = np.asarray(record["hint"], np.float32)
     return out
 
 

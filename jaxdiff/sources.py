@@ -33,7 +33,7 @@ import grain
 import ml_collections
 import numpy as np
 
-SOURCES = ("tfds", "idx", "npy", "digits", "folder")
+SOURCES = ("tfds", "idx", "npy", "digits", "folder", "scenes")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 OFFLINE_OPTIONS = (
@@ -449,7 +449,7 @@ def make_source(data_config: ml_collections.ConfigDict) -> Any:
     """The source named by ``config.data``.
 
     Fields (missing ones take the defaults in brackets):
-      source: "tfds" | "idx" | "npy" | "digits".
+      source: "tfds" | "idx" | "npy" | "digits" | "scenes" (num_scenes renders, depth hints).
       name: TFDS dataset name, e.g. "mnist" (tfds).
       split: "train" | "test" (tfds also takes TFDS split strings like "train[:90%]") ["train"].
       data_dir: where TFDS keeps prepared datasets [None: $TFDS_DATA_DIR or
@@ -476,5 +476,11 @@ def make_source(data_config: ml_collections.ConfigDict) -> Any:
         return load_folder(
             get("path"), image_size=int(get("resize_to") or get("image_size")),
             channels=int(get("channels", 3)), class_folders=bool(get("class_folders", False)),
+        )
+    if source == "scenes":  # synthetic shaded scenes with their exact depth (jaxdiff.scenes)
+        from jaxdiff import scenes
+
+        return scenes.load_scenes(
+            int(get("num_scenes") or 2000), size=int(get("image_size")), seed=int(get("seed") or 0)
         )
     raise ValueError(f"unknown data source {source!r}; --config.data.source must be in {SOURCES}")

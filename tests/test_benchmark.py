@@ -115,3 +115,10 @@ def test_torch_dit_twin_has_the_same_parameter_count():
                         jnp.zeros((1,), jnp.int32))["params"]
     twin = TorchDiT(**arch, input_size=8, in_channels=2, num_classes=3)
     assert benchmark.count_params(params) == sum(p.numel() for p in twin.parameters())
+
+
+def test_canny_section_times_two_equal_computations():
+    images = np.random.default_rng(0).integers(0, 256, (4, 12, 12, 1), dtype=np.uint8)
+    fns = benchmark.canny_callables(images, low=50, high=150)
+    assert sorted(fns) == ["cv2.Canny loop", "jax canny (jit)"]
+    np.testing.assert_array_equal(np.asarray(fns["jax canny (jit)"]()), fns["cv2.Canny loop"]())

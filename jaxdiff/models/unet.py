@@ -277,56 +277,10 @@ class UNet(nn.Module):
         ``skip_shapes(H, W)``, added to the skips; mid_residual: added to the mid-block
         output (ControlNet). Returns (B, H, W, out_channels or C) float32."""
         self._check(x)
-        b, height, width, in_channels = x.shape
         chans, n = self.block_out_channels, len(self.block_out_channels)
-        common = dict(
-            attention_head_dim=self.attention_head_dim, num_groups=self.norm_num_groups,
-            eps=self.norm_eps, dropout=self.dropout, dtype=self.dtype,
-            resnet_time_scale_shift=self.resnet_time_scale_shift, act_fn=self.act_fn,
-            remat=self.remat,
-        )
-        if self.center_input_sample:
-            x = 2 * x - 1.0
-
-        t = jnp.broadcast_to(jnp.asarray(t), (b,))
-        t_freq = timestep_embedding(
-            t, chans[0], flip_sin_to_cos=self.flip_sin_to_cos, freq_shift=self.freq_shift
-        )
-        temb_dim = self.time_embedding_dim or 4 * chans[0]
-        emb = TimestepEmbedding(temb_dim, self.dtype, name="time_embedding")(
-            t_freq.astype(self.dtype)
-        )
-        labels, context = split_cond(
-            cond, batch=b, num_classes=self.num_classes, context_dim=self.context_dim
-        )
-        if labels is not None:
-            emb = emb + nn.Embed(
-                self.num_classes + 1, temb_dim, dtype=self.dtype, param_dtype=jnp.float32,
-                name="class_embedding",
-            )(labels)
-        if context is not None:
-            emb = emb + nn.Dense(
-                temb_dim, dtype=self.dtype, param_dtype=jnp.float32, name="context_embedding"
-            )(context)
-
-        h = nn.Conv(
-            chans[0], (3, 3), padding=PADDING_1, dtype=self.dtype, param_dtype=jnp.float32,
-            name="conv_in",
-        )(x.astype(self.dtype))
-        skips = [h]
-        for i, c in enumerate(chans):
-            h, level_skips = DownBlock2D(
-                c, self.layers_per_block, i in self.attention_levels, i < n - 1,
-                self.downsample_padding, name=f"down_blocks_{i}", **common,
-            )(h, emb, train=train)
-            skips += level_skips
-
+        emb, skips, h = encode(self, x, t, cond, train=train)
         if down_residuals is not None:
             skips = self._add_residuals(skips, down_residuals)
-        h = UNetMidBlock2D(
-            self.mid_attention, self.mid_block_scale_factor, self.attn_norm_num_groups,
-            name="mid_block", **common,
-        )(h, emb, train=train)
         if mid_residual is not None:
             if mid_residual.shape != h.shape:
                 raise ValueError(f"mid_residual has shape {mid_residual.shape}, want {h.shape}")
@@ -337,7 +291,7 @@ class UNet(nn.Module):
             skips = skips[: -(self.layers_per_block + 1)]
             h = UpBlock2D(
                 c, self.layers_per_block + 1, (n - 1 - i) in self.attention_levels, i < n - 1,
-                name=f"up_blocks_{i}", **common,
+                name=f"up_blocks_{i}", **_block_options(self),
             )(h, level_skips, emb, train=train)
 
         h = nn.GroupNorm(
@@ -345,7 +299,7 @@ class UNet(nn.Module):
             param_dtype=jnp.float32, name="conv_norm_out",
         )(h)
         h = nn.Conv(
-            self.out_channels or in_channels, (3, 3), padding=PADDING_1, dtype=self.dtype,
+            self.out_channels or x.shape[-1], (3, 3), padding=PADDING_1, dtype=self.dtype,
             param_dtype=jnp.float32, name="conv_out",
         )(nn.silu(h))
         return h.astype(jnp.float32)
@@ -393,6 +347,78 @@ class UNet(nn.Module):
                 raise ValueError(f"down_residuals[{k}] has shape {r.shape}, want {s.shape}")
             out.append(s + r.astype(s.dtype))
         return out
+
+
+def _block_options(module: nn.Module) -> dict[str, Any]:
+    return dict(
+        attention_head_dim=module.attention_head_dim, num_groups=module.norm_num_groups,
+        eps=module.norm_eps, dropout=module.dropout, dtype=module.dtype,
+        resnet_time_scale_shift=module.resnet_time_scale_shift, act_fn=module.act_fn,
+        remat=module.remat,
+    )
+
+
+def encode(
+    module: nn.Module,
+    x: jax.Array,
+    t: jax.Array,
+    cond: Any,
+    *,
+    train: bool,
+    hint_features: jax.Array | None = None,
+) -> tuple[jax.Array, list[jax.Array], jax.Array]:
+    """The UNet's embeddings, down path and middle block, built inside ``module``'s compact
+    ``__call__`` (so the parameters are ``module/time_embedding``, ``conv_in``,
+    ``down_blocks_i``, ``mid_block``...). ``module`` has the UNet's architecture fields;
+    the UNet and the ControlNet (its trainable copy) both call this.
+
+    ``hint_features`` (B, H, W, block_out_channels[0]) are added to conv_in's output
+    (ControlNet, Zhang et al. 2023, eq. 2: the condition enters the copy's input).
+    Returns (emb (B, temb), skips as ``UNet.skip_shapes``, the middle block's output).
+    """
+    b = x.shape[0]
+    chans, n = module.block_out_channels, len(module.block_out_channels)
+    if module.center_input_sample:
+        x = 2 * x - 1.0
+    t = jnp.broadcast_to(jnp.asarray(t), (b,))
+    t_freq = timestep_embedding(
+        t, chans[0], flip_sin_to_cos=module.flip_sin_to_cos, freq_shift=module.freq_shift
+    )
+    temb_dim = module.time_embedding_dim or 4 * chans[0]
+    emb = TimestepEmbedding(temb_dim, module.dtype, name="time_embedding")(
+        t_freq.astype(module.dtype)
+    )
+    labels, context = split_cond(
+        cond, batch=b, num_classes=module.num_classes, context_dim=module.context_dim
+    )
+    if labels is not None:
+        emb = emb + nn.Embed(
+            module.num_classes + 1, temb_dim, dtype=module.dtype, param_dtype=jnp.float32,
+            name="class_embedding",
+        )(labels)
+    if context is not None:
+        emb = emb + nn.Dense(
+            temb_dim, dtype=module.dtype, param_dtype=jnp.float32, name="context_embedding"
+        )(context)
+
+    h = nn.Conv(
+        chans[0], (3, 3), padding=PADDING_1, dtype=module.dtype, param_dtype=jnp.float32,
+        name="conv_in",
+    )(x.astype(module.dtype))
+    if hint_features is not None:
+        h = h + hint_features.astype(h.dtype)
+    skips = [h]
+    for i, c in enumerate(chans):
+        h, level_skips = DownBlock2D(
+            c, module.layers_per_block, i in module.attention_levels, i < n - 1,
+            module.downsample_padding, name=f"down_blocks_{i}", **_block_options(module),
+        )(h, emb, train=train)
+        skips += level_skips
+    h = UNetMidBlock2D(
+        module.mid_attention, module.mid_block_scale_factor, module.attn_norm_num_groups,
+        name="mid_block", **_block_options(module),
+    )(h, emb, train=train)
+    return emb, skips, h
 
 
 def diffusers_kwargs(
