@@ -58,6 +58,9 @@ _CLASSIFIER_STEPS = flags.DEFINE_integer("classifier_steps", 1000, "Classifier t
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Feature-classifier cache (default "
                                  "<workdir>/feature_classifier).")
 _USE_EMA = flags.DEFINE_bool("use_ema", True, "Sample with the EMA params.")
+_SPACING = flags.DEFINE_enum("spacing", None, ["linspace", "trailing"], "Timestep grid of ddim "
+                             "and dpm_solver_pp (default: config.sample.spacing, else each "
+                             "sampler's own).")
 
 WALKS_ALL_STEPS = ("ddpm", "ddpm_no_noise")
 
@@ -77,6 +80,7 @@ def evaluate(
     classifier_steps: int = 1000,
     cache_dir: str | pathlib.Path | None = None,
     use_ema: bool = True,
+    spacing: str | None = None,
 ) -> dict[str, Any]:
     """Runs the sweep and writes eval.json / eval.md / eval.png into ``workdir``.
 
@@ -93,6 +97,7 @@ def evaluate(
     num_classes, context_dim = from_config.cond_spec(model)
     conditional = bool(num_classes or context_dim)
     grid = _settings(config, samplers, steps, guidance, conditional=conditional)
+    spacing = spacing or config.sample.get("spacing")
 
     # Real images: classifier-training part and held-out part (accuracy + FID reference).
     split = split or config.data.get("split") or "train"
@@ -134,6 +139,7 @@ def evaluate(
                 eta=float(config.sample.eta), guidance_scale=scale,
                 prediction=config.diffusion.prediction,
                 shape=from_config.image_shape(config, batch=min(batch_size, n)),
+                spacing=spacing,
             )
             samples, compile_seconds, seconds = _generate(
                 sample_fn, params, _conds(model, target_labels), key=key, n=n,
@@ -158,6 +164,7 @@ def evaluate(
         "data": {"source": config.data.source, "name": config.data.get("name"), "split": split},
         "num_timesteps": int(schedule.num_timesteps),
         "num_samples": n,
+        "spacing": spacing,
         "seed": seed,
         "classifier": {
             "heldout_accuracy": c_accuracy,
@@ -364,7 +371,7 @@ def main(argv: list[str]) -> None:
             num=_NUM.value, batch_size=_BATCH.value, seed=_SEED.value, split=_SPLIT.value,
             max_real=_MAX_REAL.value, holdout=_HOLDOUT.value,
             classifier_steps=_CLASSIFIER_STEPS.value, cache_dir=_CACHE_DIR.value,
-            use_ema=_USE_EMA.value,
+            use_ema=_USE_EMA.value, spacing=_SPACING.value,
         )
         print((pathlib.Path(_WORKDIR.value) / "eval.md").read_text())
 

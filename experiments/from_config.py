@@ -26,7 +26,8 @@ from jaxdiff import train as jd_train
 
 SCHEDULES = ("linear", "cosine")
 LOSSES = ("denoising", "corruption")
-SAMPLERS = ("ddpm", "ddpm_no_noise", "ddim", "corruption")
+SAMPLERS = ("ddpm", "ddpm_no_noise", "ddim", "dpm_solver_pp", "corruption")
+STRIDED = ("ddim", "dpm_solver_pp")  # samplers that take num_steps <= T and a grid spacing
 
 
 class ConfigError(ValueError):
@@ -132,10 +133,14 @@ def validate_sampling(
         )
     if int(steps) < 1:
         raise ConfigError(f"sample steps must be >= 1, got {steps}")
-    if sampler == "ddim" and int(steps) > int(config.diffusion.num_timesteps):
+    if sampler in STRIDED and int(steps) > int(config.diffusion.num_timesteps):
         raise ConfigError(
-            f"ddim steps={steps} exceed diffusion.num_timesteps={config.diffusion.num_timesteps}"
+            f"{sampler} steps={steps} exceed diffusion.num_timesteps="
+            f"{config.diffusion.num_timesteps}"
         )
+    spacing = config.sample.get("spacing")
+    if spacing is not None and spacing not in ("linspace", "trailing"):
+        raise ConfigError(f"sample.spacing must be 'linspace' or 'trailing', got {spacing!r}")
     if eta < 0:
         raise ConfigError(f"eta must be >= 0, got {eta}")
     if guidance_scale < 0:
@@ -310,8 +315,12 @@ def make_sample_fn(
     shape: tuple[int, ...],
     keep_every: int = 0,
     mesh: jax.sharding.Mesh | None = None,
+    spacing: str | None = None,
 ) -> Callable[[Any, jax.Array, Any], tuple[jax.Array, jax.Array | None]]:
     """``sample(params, key, cond) -> (images (B,H,W,C) in [-1,1], trajectory)``, jitted.
+
+    ``spacing`` ("linspace" | "trailing", ``samplers.timestep_grid``) is the timestep grid of
+    ddim and dpm_solver_pp; None keeps each sampler's default.
 
     params and cond are arguments, not constants baked into the program, so one compile
     serves every checkpoint (the train loop's previews) and every label set.
@@ -323,8 +332,12 @@ def make_sample_fn(
     # ddpm and ddpm_no_noise walk all T steps; ddim strides over ``steps`` of them; the
     # corruption baseline's model predicts the clean image, whatever the config says.
     options: dict[str, Any] = {"keep_every": keep_every, "prediction": prediction, "mesh": mesh}
+    if sampler in STRIDED:
+        options.update(num_steps=int(steps))
+        if spacing is not None:
+            options.update(spacing=spacing)
     if sampler == "ddim":
-        options.update(num_steps=int(steps), eta=float(eta))
+        options.update(eta=float(eta))
     elif sampler == "corruption":
         options.update(num_steps=int(steps), prediction="x0")
 

@@ -113,6 +113,7 @@ def sample(
             shape=from_config.image_shape(config, batch=batch),
             keep_every=keep_every,
             mesh=mesh if batch % mesh.size == 0 else None,
+            spacing=s.get("spacing"),
         )
 
     sample_fn = make(sampler, max(1, walked // GIF_FRAMES))

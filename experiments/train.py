@@ -248,6 +248,7 @@ class _Preview:
             guidance_scale=float(s.guidance_scale),
             prediction=config.diffusion.prediction,
             shape=from_config.image_shape(config, batch=num),
+            spacing=s.get("spacing"),
             # Data-parallel over the devices when the grid splits evenly over them.
             mesh=mesh if num % mesh.size == 0 else None,
         )
