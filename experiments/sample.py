@@ -4,6 +4,7 @@
     python -m experiments.sample --workdir runs/digits --sampler ddpm --guidance_scale 3 \\
         --labels 3,5,8 --num 10
     python -m experiments.sample --workdir runs/sprites --context 0,0,1,0,0
+    python -m experiments.sample --workdir runs/digits_pd --steps 4   # a distilled student
 
 The model, schedule and prediction come from the config saved with the newest checkpoint;
 the flags left unset take ``config.sample``'s values. A conditional model draws one row of
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import from_config
+from experiments import distill, from_config
 from jaxdiff import train as jd_train
 from jaxdiff import viz
 
@@ -80,6 +81,8 @@ def sample(
     Returns {'images': uint8 (N, H, W, C), 'grid', 'gif', 'npz': paths, 'seconds': float,
     and 'compare': path when asked}.
     """
+    # A distillation workdir names its students by step count (experiments/distill.py).
+    workdir, steps = distill.student_for_sampling(workdir, steps)
     config = from_config.load_run_config(workdir)
     s = config.sample
     sampler = sampler or s.sampler

@@ -50,19 +50,28 @@ class TrainingInterrupted(Exception):
         self.signum, self.step = signum, step
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> jd_train.TrainState:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    loss_fn: Any = None,
+    init_params: Any = None,
+    desc: str = "train",
+) -> jd_train.TrainState:
     """Trains for ``config.train.steps`` steps in total (resuming), previewing and saving.
 
-    Returns the final TrainState. Raises ConfigError (bad config), CheckpointMismatchError
-    (the workdir holds another model), FileNotFoundError (missing data) before any step, and
-    TrainingInterrupted after saving when SIGTERM/SIGINT arrives.
+    ``loss_fn`` replaces the config's loss and ``init_params`` the random initialisation
+    (experiments/distill.py: a student starts as a copy of its teacher); ``desc`` names the
+    progress bar. Returns the final TrainState. Raises ConfigError (bad config),
+    CheckpointMismatchError (the workdir holds another model), FileNotFoundError (missing
+    data) before any step, and TrainingInterrupted after saving when SIGTERM/SIGINT arrives.
     """
     mesh = jd_train.make_mesh()
     from_config.validate_config(config, num_devices=mesh.size)
     model = from_config.build_model(config)
     schedule = from_config.build_schedule(config)
     optimizer = from_config.build_optimizer(config)
-    loss_fn = from_config.build_loss(config, model, schedule)
+    loss_fn = loss_fn or from_config.build_loss(config, model, schedule)
     data_iterator = from_config.build_data(config)
 
     workdir = pathlib.Path(workdir)
@@ -86,9 +95,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> jd_tr
         print(f"resuming from the checkpoint of step {start_step} in {workdir}", file=sys.stderr)
     else:
         start_step = 0
-        state = jd_train.replicate(
-            from_config.init_state(config, model, optimizer, state_key), mesh
-        )
+        state = from_config.init_state(config, model, optimizer, state_key)
+        if init_params is not None:
+            state = jd_train.create_train_state(init_params, optimizer, state.rng)
+        state = jd_train.replicate(state, mesh)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
     total_steps = int(config.train.steps)
@@ -112,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> jd_tr
         return step
 
     progress = tqdm.tqdm(
-        total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True
+        total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True
     )
     try:
         with stop:
