@@ -15,6 +15,8 @@ import importlib
 
 from jaxdiff import (
     conditioning,
+    distillation,
+    dpm_solver,
     guidance,
     losses,
     models,
@@ -29,6 +31,8 @@ _LAZY = ("data", "sources", "checkpoint", "evaluation")
 
 __all__ = [
     "conditioning",
+    "distillation",
+    "dpm_solver",
     "guidance",
     "losses",
     "models",

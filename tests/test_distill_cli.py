@@ -2,6 +2,7 @@
 rounds 4 -> 2 -> 1 steps, a kill mid-round resumes bit-identically, students sample at their
 own step count only."""
 
+import importlib
 import json
 import pathlib
 import shutil
@@ -105,3 +106,11 @@ def test_bad_start_steps_is_a_config_error(teacher, tmp_path):
     config.distill.start_steps = 6
     with pytest.raises(from_config.ConfigError, match="power of two"):
         distill.distill(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["digits_v", "mnist_v"])
+def test_teacher_configs_have_nesting_grids(name):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    from_config.validate_config(config, num_devices=1)
+    assert config.diffusion.prediction == "v" and config.diffusion.schedule == "cosine"
+    assert distill.round_steps(128, config.diffusion.num_timesteps) == [64, 32, 16, 8, 4, 2, 1]
