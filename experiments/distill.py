@@ -76,8 +76,8 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, A
     d = config.distill
     if not d.get("teacher_workdir"):
         raise from_config.ConfigError(
-            "set --config.distill.teacher_workdir to a trained v-prediction run "
-            "(e.g. python -m experiments.train --config configs/digits_v.py --workdir runs/digits_v)"
+            "set --config.distill.teacher_workdir to a trained v-prediction run (e.g. "
+            "python -m experiments.train --config configs/digits_v.py --workdir runs/digits_v)"
         )
     teacher_config = from_config.load_run_config(d.teacher_workdir)
     model = from_config.build_model(teacher_config)

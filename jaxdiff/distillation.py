@@ -90,9 +90,9 @@ def make_progressive_distillation_loss(
       prediction clipped to [-1, 1] when ``clip_x0`` (as ``samplers.ddim`` samples). No
       gradient flows into the teacher (``jax.lax.stop_gradient``).
     * loss = max(SNR_t, 1) ||x_hat_student - x_tilde||^2, the paper's "truncated SNR"
-      weighting (sec. 4, max(||x - x_hat||^2, ||eps - eps_hat||^2)): the student's x prediction comes
-      from its output through ``schedules.to_x0_eps`` (v-parameterisation by default,
-      sec. 4), whose x error is bounded as SNR -> 0.
+      weighting (sec. 4: max(||x - x_hat||^2, ||eps - eps_hat||^2)); the student's x
+      prediction comes from its output through ``schedules.to_x0_eps`` (v-parameterisation
+      by default, sec. 4, whose x error stays bounded as SNR -> 0).
 
     ``cond_drop_prob`` drops the condition of student and teacher alike (the teacher's guided
     output at the null condition is its unconditional one). T must be divisible by 2N.

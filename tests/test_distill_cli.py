@@ -1,10 +1,9 @@
 """End-to-end: experiments/distill.py on a tiny digits teacher (8x8, T=16, v-prediction):
 rounds 4 -> 2 -> 1 steps, a kill mid-round resumes bit-identically, students sample at their
-own step count only."""
+own step count only. The runs are marked slow (a teacher, two rounds, and a resumed copy)."""
 
 import importlib
 import json
-import pathlib
 import shutil
 
 import jax
@@ -49,6 +48,7 @@ def final_state(workdir):
     return from_config.restore_for_sampling(config, str(workdir), model)
 
 
+@pytest.mark.slow
 def test_rounds_write_students_grids_and_timings(distilled):
     rounds = json.loads((distilled / "distill.json").read_text())["rounds"]
     assert [r["student_steps"] for r in rounds] == [2, 1]
@@ -67,6 +67,7 @@ def test_rounds_write_students_grids_and_timings(distilled):
     assert any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), params_2, params_1)))
 
 
+@pytest.mark.slow
 def test_kill_mid_round_resumes_bit_identically(distilled, teacher, tmp_path):
     """What SIGKILL in round 2 after its step-2 save leaves: round 1 finished, round 2's newest
     checkpoint at step 2. Running again must give the uninterrupted run's bits."""
@@ -92,6 +93,7 @@ def test_kill_mid_round_resumes_bit_identically(distilled, teacher, tmp_path):
     assert len(curve(killed)) == 4 and curve(killed) == curve(distilled)
 
 
+@pytest.mark.slow
 def test_sample_a_student_at_its_step_count(distilled, tmp_path):
     result = sample.sample(str(distilled), steps=1, num=1, out=str(tmp_path / "one"))
     assert result["images"].shape == (10, 8, 8, 1)
@@ -101,11 +103,11 @@ def test_sample_a_student_at_its_step_count(distilled, tmp_path):
         sample.sample(str(distilled / "steps_002"), steps=4)
 
 
-def test_bad_start_steps_is_a_config_error(teacher, tmp_path):
-    config = tiny_distill_config(teacher)
-    config.distill.start_steps = 6
-    with pytest.raises(from_config.ConfigError, match="power of two"):
-        distill.distill(config, str(tmp_path))
+def test_round_steps_halve_to_one_and_must_nest():
+    assert distill.round_steps(16, 256) == [8, 4, 2, 1]
+    for bad in (6, 1, 512):
+        with pytest.raises(from_config.ConfigError, match="power of two"):
+            distill.round_steps(bad, 256)
 
 
 @pytest.mark.parametrize("name", ["digits_v", "mnist_v"])
