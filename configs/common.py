@@ -12,12 +12,14 @@ from ml_collections import config_dict
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
-    # Where the images come from (jaxdiff.data). source: "tfds" | "idx" | "npy" | "digits".
+    # Where the images come from (jaxdiff.data). source: "tfds" | "idx" | "npy" | "digits" |
+    # "folder" (PNG/JPEG files under data.path).
     config.data = dict(
         source="tfds",
         name="mnist",
         split="train",
         path=config_dict.placeholder(str),  # idx: directory with the *-ubyte(.gz) files
+        class_folders=False,  # folder: sub-folder names are the class labels
         data_dir=config_dict.placeholder(str),  # tfds: where prepared datasets live
         manual_dir=config_dict.placeholder(str),  # tfds: downloaded archives, for offline use
         images_path=config_dict.placeholder(str),  # npy: (N, H, W, C) uint8 images
@@ -58,6 +60,18 @@ def base_config() -> ml_collections.ConfigDict:
         keep_checkpoints=3,
         seed=0,
     )
+
+    # Fine-tuning (experiments/finetune.py): start from a diffusers folder or a jaxdiff
+    # workdir; the model and diffusion settings then come from there.
+    config.init_from = config_dict.placeholder(str)
+    config.finetune = dict(
+        learning_rate=config_dict.placeholder(float),  # replaces train.learning_rate
+        frozen="",  # comma list of parameter-path prefixes kept fixed, e.g. "down_blocks"
+    )
+
+    # Devices: data parallel over all of them; fsdp=K also shards params, optimizer state and
+    # EMA K ways (jaxdiff.train.state_shardings), for models too big to replicate.
+    config.mesh = dict(fsdp=1)
 
     # Previews during training and the defaults of experiments/sample.py.
     config.sample = dict(

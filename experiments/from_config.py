@@ -24,7 +24,7 @@ import optax
 from jaxdiff import checkpoint, losses, models, optim, schedules
 from jaxdiff import train as jd_train
 
-SCHEDULES = ("linear", "cosine")
+SCHEDULES = ("linear", "cosine", "scaled_linear")
 LOSSES = ("denoising", "corruption")
 SAMPLERS = ("ddpm", "ddpm_no_noise", "ddim", "dpm_solver_pp", "corruption")
 STRIDED = ("ddim", "dpm_solver_pp")  # samplers that take num_steps <= T and a grid spacing
@@ -195,8 +195,8 @@ def cond_spec(model: nn.Module) -> tuple[int | None, int | None]:
 def build_schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
     d = config.diffusion
     try:
-        if d.schedule == "linear":
-            return schedules.linear(
+        if d.schedule in ("linear", "scaled_linear"):
+            return getattr(schedules, d.schedule)(
                 int(d.num_timesteps), beta_start=float(d.beta_start), beta_end=float(d.beta_end)
             )
         return schedules.cosine(int(d.num_timesteps))
@@ -316,6 +316,8 @@ def make_sample_fn(
     keep_every: int = 0,
     mesh: jax.sharding.Mesh | None = None,
     spacing: str | None = None,
+    clip_x0: bool | None = None,
+    variance: str | None = None,
 ) -> Callable[[Any, jax.Array, Any], tuple[jax.Array, jax.Array | None]]:
     """``sample(params, key, cond) -> (images (B,H,W,C) in [-1,1], trajectory)``, jitted.
 
@@ -340,6 +342,10 @@ def make_sample_fn(
         options.update(eta=float(eta))
     elif sampler == "corruption":
         options.update(num_steps=int(steps), prediction="x0")
+    if clip_x0 is not None and sampler != "corruption":  # a pretrained scheduler's choices
+        options["clip_x0"] = bool(clip_x0)
+    if variance is not None and sampler == "ddpm":
+        options["variance"] = variance
 
     def run(params, key, cond):
         def denoise_fn(x_t, t, c):
@@ -359,17 +365,29 @@ def grid_columns(num_images: int, rows: int) -> int:
     return num_images // rows if rows else math.ceil(math.sqrt(num_images))
 
 
-def build_data(config: ml_collections.ConfigDict) -> Any:
+def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """The global mesh over every process's devices; ``mesh.fsdp`` K > 1 adds an 'fsdp' axis
+    of size K that params, optimizer state and EMA are sharded over (jaxdiff.train)."""
+    fsdp = int(config.get("mesh", {}).get("fsdp", 1))
+    try:
+        return jd_train.make_mesh(fsdp=fsdp)
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from None
+
+
+def build_data(config: ml_collections.ConfigDict, *, start_batch: int = 0) -> Any:
     """The checkpointable grain iterator of training batches described by ``config.data``.
 
     Images are resized to ``data.resize_to`` and zero-padded to ``data.image_size`` when
     ``resize_to`` is set (digits: 8 -> 12 -> 16, a black border like MNIST's), else resized
-    to ``data.image_size``.
+    to ``data.image_size``. The first batch is global batch ``start_batch`` (a resumed run's
+    step).
     """
     from jaxdiff import data, sources
 
     d = config.data
     source = sources.make_source(d)
+    sources.check_labels(source, num_classes=config.model.get("num_classes"))
     channels = np.asarray(source[0]["image"]).shape[-1] if np.ndim(source[0]["image"]) == 3 else 1
     if channels != int(d.channels):
         raise ConfigError(
@@ -384,4 +402,5 @@ def build_data(config: ml_collections.ConfigDict) -> Any:
         image_size=int(resize_to or d.image_size),
         pad_to=int(d.image_size) if resize_to else None,
         worker_count=int(d.get("worker_count", 0)),
+        start_batch=start_batch,
     )

@@ -5,8 +5,10 @@
         --labels 3,5,8 --num 10
     python -m experiments.sample --workdir runs/sprites --context 0,0,1,0,0
     python -m experiments.sample --workdir runs/digits_pd --steps 4   # a distilled student
+    python -m experiments.sample --pretrained ddpm-celebahq-256 --sampler ddim --steps 50
 
-The model, schedule and prediction come from the config saved with the newest checkpoint;
+The model, schedule and prediction come from the config saved with the newest checkpoint
+(or, with ``--pretrained``, from a diffusers pipeline folder: experiments/finetune.py);
 the flags left unset take ``config.sample``'s values. A conditional model draws one row of
 ``--num`` images per label (or per one-hot context); an unconditional one ``--num`` images.
 Writes ``<out>/grid.png``, ``<out>/denoising.gif`` and ``<out>/samples.npz`` (uint8
@@ -23,8 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from jax.experimental import multihost_utils
 
-from experiments import distill, from_config
+from experiments import distill, finetune, from_config, multihost
+from jaxdiff import distributed
 from jaxdiff import train as jd_train
 from jaxdiff import viz
 
@@ -32,6 +36,9 @@ from jaxdiff import viz
 def define_flags() -> None:
     """The CLI's flags; defined only when run as a program (see experiments/train.py)."""
     flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
+    flags.DEFINE_string(
+        "pretrained", None, "Instead of --workdir: a diffusers pipeline (or UNet) folder."
+    )
     flags.DEFINE_enum(
         "sampler", None, list(from_config.SAMPLERS), "Sampler (default: config.sample.sampler)."
     )
@@ -53,6 +60,7 @@ def define_flags() -> None:
         "Also run this sampler from the same noise and write compare.png side by side, e.g. "
         "--sampler ddpm --compare ddpm_no_noise (the seeds' right and wrong samplers).",
     )
+    multihost.define_flags()
 
 
 GIF_FRAMES = 40
@@ -72,6 +80,7 @@ def sample(
     use_ema: bool = True,
     out: str | None = None,
     compare: str | None = None,
+    pretrained: str | None = None,
 ) -> dict[str, Any]:
     """Samples from ``workdir``'s newest checkpoint and writes grid, GIF and npz to ``out``.
 
@@ -81,9 +90,15 @@ def sample(
     Returns {'images': uint8 (N, H, W, C), 'grid', 'gif', 'npz': paths, 'seconds': float,
     and 'compare': path when asked}.
     """
-    # A distillation workdir names its students by step count (experiments/distill.py).
-    workdir, steps = distill.student_for_sampling(workdir, steps)
-    config = from_config.load_run_config(workdir)
+    if pretrained:
+        from configs import common
+
+        config, pretrained_params = finetune.pretrained_run(pretrained, common.base_config())
+        workdir = workdir or f"pretrained_{pathlib.Path(pretrained).resolve().name}"
+    else:
+        # A distillation workdir names its students by step count (experiments/distill.py).
+        workdir, steps = distill.student_for_sampling(workdir, steps)
+        config = from_config.load_run_config(workdir)
     s = config.sample
     sampler = sampler or s.sampler
     steps = int(steps if steps is not None else s.steps)
@@ -117,10 +132,16 @@ def sample(
             keep_every=keep_every,
             mesh=mesh if batch % mesh.size == 0 else None,
             spacing=s.get("spacing"),
+            clip_x0=s.get("clip_x0"),
+            variance=s.get("variance"),
         )
 
     sample_fn = make(sampler, max(1, walked // GIF_FRAMES))
-    params, ema, step = from_config.restore_for_sampling(config, workdir, model)
+    if pretrained:
+        params = ema = pretrained_params
+        step = 0
+    else:
+        params, ema, step = from_config.restore_for_sampling(config, workdir, model)
     params = ema if use_ema else params
     key = jax.random.key(seed)
 
@@ -130,6 +151,13 @@ def sample(
     start = time.perf_counter()
     images, trajectory = jax.block_until_ready(compiled(params, key, cond))
     seconds = time.perf_counter() - start
+    other = make(compare, 0)(params, key, cond)[0] if compare else None
+    if jax.process_count() > 1:  # every process sampled its rows; process 0 writes them all
+        images, trajectory, other = multihost_utils.process_allgather(
+            (images, trajectory, other), tiled=True
+        )
+        if not distributed.is_main_process():
+            return {"images": viz.to_uint8(np.asarray(images)), "seconds": seconds}
 
     out_dir = pathlib.Path(out or pathlib.Path(workdir) / f"sample_{sampler}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +179,6 @@ def sample(
     }
     np.savez_compressed(result["npz"], **arrays)
     if compare:
-        other, _ = make(compare, 0)(params, key, cond)
         result["compare"] = viz.save_side_by_side(
             out_dir / "compare.png",
             {sampler: np.asarray(images), compare: np.asarray(other)},
@@ -209,9 +236,13 @@ def _floats(text: str, flag: str) -> list[float]:
 def main(argv: list[str]) -> None:
     from_config.start_cli(argv)
     with from_config.exit_on_user_error():
+        multihost.initialize_from_flags()
         f = flags.FLAGS
-        if f.workdir is None:
-            raise from_config.ConfigError("give --workdir, the directory experiments.train wrote")
+        if f.workdir is None and f.pretrained is None:
+            raise from_config.ConfigError(
+                "give --workdir (the directory experiments.train wrote) or --pretrained "
+                "(a diffusers pipeline folder)"
+            )
         sample(
             f.workdir,
             sampler=f.sampler,
@@ -225,6 +256,7 @@ def main(argv: list[str]) -> None:
             use_ema=f.use_ema,
             out=f.out,
             compare=f.compare,
+            pretrained=f.pretrained,
         )
 
 

@@ -25,11 +25,12 @@ import ml_collections
 import numpy as np
 import tqdm
 from absl import app, flags
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
-from experiments import from_config
-from jaxdiff import checkpoint, optim
+from experiments import finetune, from_config, multihost, train_health, workdir_lock
+from jaxdiff import checkpoint, distributed, optim
 from jaxdiff import train as jd_train
 
 
@@ -40,6 +41,7 @@ def define_flags() -> None:
         "config", None, "Experiment config file, e.g. configs/digits.py.", lock_config=True
     )
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+    multihost.define_flags()
 
 
 class TrainingInterrupted(Exception):
@@ -63,51 +65,72 @@ def train_and_evaluate(
     ``loss_fn`` replaces the config's loss and ``init_params`` the random initialisation
     (experiments/distill.py: a student starts as a copy of its teacher); ``desc`` names the
     progress bar. Returns the final TrainState. Raises ConfigError (bad config),
-    CheckpointMismatchError (the workdir holds another model), FileNotFoundError (missing
-    data) before any step, and TrainingInterrupted after saving when SIGTERM/SIGINT arrives.
+    CheckpointMismatchError (the workdir holds another model), CheckpointDamagedError (no
+    intact checkpoint), WorkdirBusyError (another run holds the workdir), FileNotFoundError
+    (missing data) before any step, TrainingDivergedError (a whole log window of non-finite
+    steps), CheckpointSaveError (disk full), and TrainingInterrupted after saving when
+    SIGTERM/SIGINT arrives.
     """
-    mesh = jd_train.make_mesh()
+    with workdir_lock.hold(workdir):
+        return _train(config, workdir, loss_fn=loss_fn, init_params=init_params, desc=desc)
+
+
+def _train(
+    config: ml_collections.ConfigDict, workdir: str, *, loss_fn: Any, init_params: Any, desc: str
+) -> jd_train.TrainState:
+    mesh = from_config.build_mesh(config)
+    config = finetune.resolve(config)  # init_from: the pretrained model's settings
     from_config.validate_config(config, num_devices=mesh.size)
     model = from_config.build_model(config)
     schedule = from_config.build_schedule(config)
-    optimizer = from_config.build_optimizer(config)
+    optimizer = finetune.build_optimizer(config)
     loss_fn = loss_fn or from_config.build_loss(config, model, schedule)
-    data_iterator = from_config.build_data(config)
 
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    main_process = distributed.is_main_process()
     state_key, preview_key = jax.random.split(jax.random.key(int(config.train.seed)))
-    # Restored into shapes alone (and straight onto every device): a resumed run, or one
-    # whose workdir does not fit the config, never compiles the model's init.
-    replicated = jd_train.replicated_sharding(mesh)
-    shapes = jax.eval_shape(
-        lambda key: from_config.init_state(config, model, optimizer, key), state_key
-    )
+    # Restored into shapes alone, straight onto this mesh's shardings whatever mesh wrote
+    # it: a resumed run, or one whose workdir does not fit the config, never compiles the
+    # model's init.
+    init = lambda key: from_config.init_state(config, model, optimizer, key)
+    shapes = jax.eval_shape(init, state_key)
+    shardings = jd_train.state_shardings(shapes, mesh)
     abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
     )
     manager = checkpoint.make_manager(workdir, keep=int(config.train.keep_checkpoints))
-    restored = checkpoint.restore(
-        manager, state=abstract, config=config, data_iterator=data_iterator
-    )
+    restored = checkpoint.restore(manager, state=abstract, config=config, set_aside_damaged=True)
+    start_step = 0 if restored is None else restored[1]
+    # Positioned by step: batch k of the global stream is the same for any process count.
+    # Built before the init compiles, so bad data is reported at once.
+    data_iterator = from_config.build_data(config, start_batch=start_step)
     if restored is not None:
-        state, start_step = restored
-        print(f"resuming from the checkpoint of step {start_step} in {workdir}", file=sys.stderr)
+        state = restored[0]
+        if main_process:
+            print(f"resuming from the checkpoint of step {start_step} in {workdir}",
+                  file=sys.stderr)
     else:
-        start_step = 0
-        state = from_config.init_state(config, model, optimizer, state_key)
-        if init_params is not None:
-            state = jd_train.create_train_state(init_params, optimizer, state.rng)
-        state = jd_train.replicate(state, mesh)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        if init_params is not None:  # the rng a fresh init_state would draw
+            state = jd_train.put_global(jd_train.create_train_state(
+                init_params, optimizer, jax.random.split(state_key)[1]), shardings)
+        elif config.get("init_from"):  # pretrained params, read on the host
+            state = jd_train.put_global(
+                finetune.init_state(config, model, optimizer, state_key), shardings
+            )
+        else:
+            state = jax.jit(init, out_shardings=shardings)(state_key)
+    if main_process:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
     total_steps = int(config.train.steps)
     if start_step >= total_steps:
         print(f"{workdir} is already trained for {start_step} >= train.steps={total_steps} steps")
         return state
-    train_step = jd_train.make_train_step(loss_fn, optimizer, mesh)
+    train_step = jd_train.make_train_step(loss_fn, optimizer, mesh, state_sharding=shardings)
     preview = _Preview(config, model, schedule, workdir, preview_key, mesh)
-    logger = _MetricLogger(workdir, start_step=start_step)
+    logger = _MetricLogger(workdir, start_step=start_step, write=main_process)
+    health = train_health.HealthCheck(float(config.train.learning_rate), verbose=main_process)
     stop = _StopOnSignal()
     t = config.train
     last_saved = start_step
@@ -116,13 +139,12 @@ def train_and_evaluate(
     def save(step: int, state: jd_train.TrainState) -> int:
         # Waits for the write: a crash (SIGKILL, OOM) then loses at most checkpoint_every
         # steps; an async save still in flight would lose twice that.
-        checkpoint.save(
-            manager, step, state=state, config=config, data_iterator=data_iterator, wait=True
-        )
+        checkpoint.save(manager, step, state=state, config=config, wait=True)
         return step
 
     progress = tqdm.tqdm(
-        total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True
+        total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True,
+        disable=not main_process,
     )
     try:
         with stop:
@@ -134,7 +156,9 @@ def train_and_evaluate(
                 progress.update(1)
                 done = step == total_steps
                 if step % t.log_every == 0 or done:
+                    window = step - logger.step
                     record = logger.write(step, batch_size=int(config.data.batch_size))
+                    health.check(record, steps=window)
                     progress.set_postfix(
                         loss=f"{record['loss']:.4f}",
                         steps_per_s=f"{record['steps_per_s']:.2f}",
@@ -193,11 +217,17 @@ class _MetricLogger:
     """Metrics to ``metrics.jsonl`` and TensorBoard, averaged over each log window.
 
     On resume the lines (and TensorBoard events) after the restored step are dropped: they
-    came from steps a crash threw away and that are now run again.
+    came from steps a crash threw away and that are now run again. With ``write`` False
+    (processes other than 0) nothing is written; ``write`` still returns the record.
     """
 
-    def __init__(self, workdir: pathlib.Path, *, start_step: int):
+    def __init__(self, workdir: pathlib.Path, *, start_step: int, write: bool = True):
         self.path = workdir / "metrics.jsonl"
+        self.file = self.writer = None
+        self.pending: list[dict[str, jax.Array]] = []
+        self.time, self.step = time.perf_counter(), start_step
+        if not write:
+            return
         if self.path.exists():
             kept = [
                 line
@@ -207,8 +237,6 @@ class _MetricLogger:
             self.path.write_text("".join(line + "\n" for line in kept))
         self.file = self.path.open("a")
         self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1)
-        self.pending: list[dict[str, jax.Array]] = []
-        self.time, self.step = time.perf_counter(), start_step
 
     def append(self, metrics: dict[str, jax.Array]) -> None:
         self.pending.append(metrics)
@@ -222,17 +250,20 @@ class _MetricLogger:
             values = np.array([m[key] for m in window], np.float64)
             record[key] = float(values.sum() if key == "skipped" else values.mean())
         record.update(steps_per_s=steps_per_s, images_per_s=steps_per_s * batch_size)
+        self.pending, self.time, self.step = [], now, step
+        if self.file is None:
+            return record
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         for key, value in record.items():
             if key != "step":
                 self.writer.add_scalar(f"train/{key}", value, step)
-        self.pending, self.time, self.step = [], now, step
         return record
 
     def close(self) -> None:
-        self.file.close()
-        self.writer.close()
+        if self.file is not None:
+            self.file.close()
+            self.writer.close()
 
 
 class _Preview:
@@ -265,8 +296,12 @@ class _Preview:
         self.key = key
         self.dir = workdir / "samples"
 
-    def write(self, step: int, params: Any, writer: SummaryWriter) -> None:
-        images, _ = self.sample(params, self.key, self.cond)
+    def write(self, step: int, params: Any, writer: SummaryWriter | None) -> None:
+        images, _ = self.sample(params, self.key, self.cond)  # every process computes
+        if jax.process_count() > 1:  # rows on other processes' devices: gather them
+            images = multihost_utils.process_allgather(images, tiled=True)
+        if writer is None:  # not the main process
+            return
         self.dir.mkdir(exist_ok=True)
         path = self.dir / f"step_{step:07d}.png"
         grid = self.viz.image_grid(np.asarray(images), ncol=self.ncol, scale=self.scale)
@@ -282,6 +317,7 @@ class _Preview:
 def main(argv: list[str]) -> None:
     from_config.start_cli(argv)
     with from_config.exit_on_user_error():
+        multihost.initialize_from_flags()
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
         if config is None or workdir is None:
             raise from_config.ConfigError(

@@ -7,8 +7,9 @@ The public functional API, one module per concept::
     loss_fn = jd.losses.make_denoising_loss(model.apply, schedule, prediction="eps")
     samples, trajectory = jd.samplers.ddim(denoise_fn, schedule, key, shape, num_steps=50)
 
-``data``, ``sources``, ``checkpoint`` and ``evaluation`` pull in TFDS, grain and orbax, so they are
-imported on first use (``jd.data``) rather than with the package.
+``data``, ``sources``, ``checkpoint``, ``evaluation`` and ``pretrained`` pull in TFDS, grain,
+orbax and safetensors, so they are imported on first use (``jd.data``) rather than with the
+package.
 """
 
 import importlib
@@ -27,7 +28,7 @@ from jaxdiff import (
     viz,
 )
 
-_LAZY = ("data", "sources", "checkpoint", "evaluation")
+_LAZY = ("data", "sources", "checkpoint", "evaluation", "pretrained")
 
 __all__ = [
     "conditioning",

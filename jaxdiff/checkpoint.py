@@ -10,14 +10,27 @@ A checkpoint is one step directory under ``<workdir>/checkpoints`` with three it
 
 Orbax writes each step into a temporary directory and renames it only once every item is
 on disk, so a save interrupted by SIGKILL or a full disk leaves a ``*.orbax-checkpoint-tmp*``
-directory that ``latest_step`` never reports: the newest *complete* checkpoint is always the
-one restored.
+directory that ``latest_step`` never reports. Once a step is on disk a checksum manifest is
+written into it (``jaxdiff.integrity``); ``restore`` verifies it and, when the newest step is
+damaged or unreadable, says so in one line and falls back to the newest intact one (at least
+two steps are kept for that reason).
+
+Topology-free: arrays are restored onto the shardings of the target's leaves (any mesh, any
+number of processes), or replicated over ``jax.devices()`` for a target without shardings, so
+a run saved on 4 devices or by 2 processes restores on 1 device and vice versa. Saving and
+restoring are collective: every process calls them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import pathlib
+import shutil
+import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,12 +38,23 @@ import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxdiff import distributed, integrity
 
 STATE, DATA, CONFIG = "state", "data", "config"
 
 
 class CheckpointMismatchError(ValueError):
     """A workdir's checkpoint does not fit the model/optimizer built from the current config."""
+
+
+class CheckpointDamagedError(ValueError):
+    """No checkpoint in the workdir is intact (each one fails its checksums or its read)."""
+
+
+class CheckpointSaveError(OSError):
+    """A save failed (e.g. the disk is full); the checkpoints already on disk are intact."""
 
 
 def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
@@ -40,14 +64,15 @@ def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
 def make_manager(
     workdir: str | pathlib.Path, *, keep: int = 3, async_save: bool = True, read_only: bool = False
 ) -> ocp.CheckpointManager:
-    """A CheckpointManager over ``<workdir>/checkpoints`` that keeps the newest ``keep`` steps.
+    """A CheckpointManager over ``<workdir>/checkpoints`` that keeps the newest ``keep`` steps
+    (at least 2, so that a damaged newest step has an intact one before it).
 
     ``async_save`` writes in a background thread, so training continues while the arrays go to
     disk; call ``manager.wait_until_finished()`` before the process exits.
     """
     options = ocp.CheckpointManagerOptions(
         # read_only: neither create the directory nor delete anything in it (sample.py).
-        max_to_keep=None if read_only else keep,
+        max_to_keep=None if read_only else max(int(keep), 2),
         create=not read_only,
         # Leftovers of saves killed half-way are never restored; removing them keeps the
         # directory readable for people.
@@ -88,10 +113,90 @@ def save(
     items = {STATE: ocp.args.StandardSave(state), CONFIG: ocp.args.JsonSave(config_to_dict(config))}
     if data_iterator is not None:
         items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
-    # force: the caller decides when to save (every checkpoint_every steps, on SIGTERM).
-    manager.save(int(step), args=ocp.args.Composite(**items), force=True)
-    if wait:
-        manager.wait_until_finished()
+    try:
+        with _held_error_logs() as held:
+            # Steps an earlier async save left without a manifest get theirs first.
+            write_manifests(manager)
+            # force: the caller decides when to save (every checkpoint_every steps, SIGTERM).
+            manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+            if wait:
+                manager.wait_until_finished()
+                write_manifests(manager)
+    except Exception as error:  # orbax wraps the OSError of a full disk in its own errors
+        if not _is_disk_full(error):
+            held.release()
+            raise
+        # Orbax's threads leave futures whose errors asyncio would log at exit.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        kept = [s for s in manager.all_steps() if s != int(step)]
+        newest = f"step {max(kept)}" if kept else "none yet"
+        failed = CheckpointSaveError(
+            f"disk full while saving the checkpoint of step {step} in {manager.directory}; "
+            f"nothing was lost: the newest complete checkpoint ({newest}) is intact. Free "
+            "some space and run the same command again to resume from it"
+        )
+        failed.errno = errno.ENOSPC
+        raise failed from error
+    held.release()
+
+
+class _HeldRecords(logging.Filter):
+    """Holds back ERROR records (orbax's background threads log each failed write with a
+    traceback) until ``release``: a full disk then reads as one line, any other failure
+    still shows them."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.logger = logging.getLogger("absl")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            self.records.append(record)
+            return False
+        return True
+
+    def release(self) -> None:
+        self.logger.removeFilter(self)
+        for record in self.records:
+            self.logger.handle(record)
+        self.records = []
+
+
+@contextlib.contextmanager
+def _held_error_logs():
+    held = _HeldRecords()
+    held.logger.addFilter(held)
+    try:
+        yield held
+    finally:
+        held.logger.removeFilter(held)
+
+
+def write_manifests(manager: ocp.CheckpointManager) -> None:
+    """Writes the checksum manifest of every finished step that lacks one (process 0 writes,
+    the others wait for it)."""
+    distributed.sync("jaxdiff_manifest_start")
+    if distributed.is_main_process():
+        for step in manager.all_steps():
+            path = step_dir(manager, step)
+            if path.is_dir() and not integrity.has_manifest(path):
+                integrity.write_manifest(path)
+    distributed.sync("jaxdiff_manifest_done")
+
+
+def step_dir(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
+    return pathlib.Path(manager.directory) / str(int(step))
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error) or "RESOURCE_EXHAUSTED" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def saved_config(manager: ocp.CheckpointManager, step: int | None = None) -> dict[str, Any]:
@@ -123,14 +228,22 @@ def restore(
     config: ml_collections.ConfigDict | Mapping[str, Any],
     data_iterator: Any = None,
     step: int | None = None,
+    set_aside_damaged: bool = False,
 ) -> tuple[Any, int] | None:
-    """Restores the newest complete checkpoint (or ``step``) into the structure of ``state``.
+    """Restores the newest intact checkpoint (or ``step``) into the structure of ``state``.
+
+    Each candidate, newest first, is checked against its checksum manifest and then read; a
+    damaged or unreadable one is reported in one line on stderr and the next older one is
+    tried.
 
     Args:
       state: a TrainState, or its ``jax.eval_shape``; gives the tree structure, shapes and
-        dtypes to restore into.
+        dtypes to restore into, and the shardings where its leaves have them (else the
+        arrays are replicated over ``jax.devices()``), whatever the mesh that saved it.
       config: the current config; compared with the saved one to explain a mismatch.
       data_iterator: a grain iterator whose position is set to the saved one (in place).
+      set_aside_damaged: move damaged steps to ``<workdir>/damaged_checkpoints/`` (a
+        training run, which will save those steps again; sampling leaves them).
 
     Returns:
       ``(state, step)``, or None when the workdir has no complete checkpoint.
@@ -138,17 +251,66 @@ def restore(
     Raises:
       CheckpointMismatchError: the saved tree does not fit ``state`` (other model size,
         model, optimizer...); the message lists the config fields that differ.
+      CheckpointDamagedError: no candidate checkpoint is intact.
     """
-    step = manager.latest_step() if step is None else step
-    if step is None:
+    candidates = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+    if not candidates:
         return None
-    check_fits(manager, step, state=state, config=config)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    items = {STATE: ocp.args.StandardRestore(abstract)}
-    if data_iterator is not None:
-        items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
-    return restored[STATE], step
+    abstract = jax.tree.map(_restore_target(), state)
+    problems = []
+    for candidate in candidates:
+        problem = integrity.verify(step_dir(manager, candidate))
+        # Every process checks the shared files; process 0's verdict keeps them in step.
+        if not distributed.agree(problem is not None):
+            items = {STATE: ocp.args.StandardRestore(abstract)}
+            if data_iterator is not None:
+                items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+            try:
+                check_fits(manager, candidate, state=state, config=config)
+                restored = manager.restore(candidate, args=ocp.args.Composite(**items))
+                return restored[STATE], candidate
+            except CheckpointMismatchError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any failed read: try an older step
+                problem = "it cannot be read: " + " ".join(str(error).split())[:300]
+        problem = problem or "damaged on process 0"
+        problems.append(f"step {candidate}: {problem}")
+        if distributed.is_main_process():
+            print(
+                f"warning: the checkpoint of step {candidate} in {manager.directory} is "
+                f"damaged ({problem}); "
+                + ("trying the one before it" if candidate != candidates[-1] else "none left"),
+                file=sys.stderr,
+            )
+        if set_aside_damaged:
+            _set_aside(manager, candidate)
+    raise CheckpointDamagedError(
+        f"no intact checkpoint in {manager.directory} ({'; '.join(problems)}); use a new "
+        "--workdir, or restore the files from a copy"
+    )
+
+
+def _restore_target():
+    """leaf -> ShapeDtypeStruct with the leaf's sharding, or replicated over all devices."""
+    everywhere = NamedSharding(Mesh(jax.devices(), ("all",)), PartitionSpec())
+
+    def target(x):
+        sharding = getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or everywhere)
+
+    return target
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
+    distributed.sync("jaxdiff_set_aside_start")
+    if distributed.is_main_process():
+        destination = pathlib.Path(manager.directory).parent / "damaged_checkpoints"
+        destination.mkdir(exist_ok=True)
+        target = destination / f"{step}.{int(time.time())}"
+        shutil.move(str(step_dir(manager, step)), str(target))
+        print(f"note: moved the damaged step {step} to {target}", file=sys.stderr)
+    distributed.sync("jaxdiff_set_aside_done")
+    manager.reload()
 
 
 def check_fits(

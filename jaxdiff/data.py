@@ -29,6 +29,7 @@ def make_pipeline(
     shuffle: bool = True,
     num_epochs: int | None = None,
     drop_remainder: bool = True,
+    start_batch: int = 0,
     shard_index: int | None = None,
     shard_count: int | None = None,
     worker_count: int = 0,
@@ -38,9 +39,11 @@ def make_pipeline(
 
     The records form one global stream: ``shuffle`` permutes them with ``seed`` (reshuffled
     each epoch), ``num_epochs`` repeats them (None: forever; batches run across epoch
-    boundaries). Process ``shard_index`` of ``shard_count`` takes every ``shard_count``-th
-    record of the stream, so the union of all processes' k-th batches is the k-th global batch
-    whatever the number of processes: same seed, same run on 1 host or N.
+    boundaries) and global batch k is records [k B, (k + 1) B) of the stream. Process
+    ``shard_index`` of ``shard_count`` takes the contiguous slice [k B + i b, k B + (i + 1) b)
+    of it (b = B / shard_count), so the processes' k-th batches, concatenated in process
+    order, are the k-th global batch whatever the number of processes: same seed, same run on
+    1 host or N (``jax.make_array_from_process_local_data`` puts process i's rows there).
 
     Args:
       source: records ``{'image': uint8 (H, W, C), 'label' | 'context': ...}`` (see above).
@@ -48,7 +51,10 @@ def make_pipeline(
       image_size: resize to this (size or (height, width)) with cv2: INTER_AREA to shrink
         (averages pixels, no aliasing), INTER_LINEAR to grow.
       pad_to: then zero-pad (black, -1 after normalising) to this size, centred; e.g. 28 -> 32.
-      drop_remainder: drop a last partial batch (only happens when ``num_epochs`` is set).
+      drop_remainder: drop a last partial batch (only happens when ``num_epochs`` is set;
+        with several processes the last partial global batch is always dropped).
+      start_batch: the index of the first global batch to yield: a resumed run starts at its
+        step, whatever the number of processes that wrote the checkpoint.
       shard_index, shard_count: this process's shard [jax.process_index(), jax.process_count()].
       worker_count: grain worker processes preparing batches (0: in this process).
       prefetch: batches prepared ahead in background threads (0: none).
@@ -75,12 +81,14 @@ def make_pipeline(
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
-    # Equal shard lengths, so every process yields the same number of batches (a process
-    # with one batch more would hang the others in the next collective).
-    stop = len(ds) - len(ds) % shard_count
-    ds = ds[shard_index:stop:shard_count]
     ds = ds.map(functools.partial(_prepare, image_size=_hw(image_size), pad_to=_hw(pad_to)))
-    ds = ds.batch(batch_size // shard_count, drop_remainder=drop_remainder)
+    local_batch = batch_size // shard_count
+    ds = ds.batch(local_batch, drop_remainder=drop_remainder or shard_count > 1)
+    # Local batch j holds records [j b, (j + 1) b): global batch k is local batches
+    # k P .. k P + P - 1, and process i takes local batch k P + i. Equal lengths for every
+    # process (a process with one batch more would hang the others in the next collective).
+    stop = len(ds) - len(ds) % shard_count
+    ds = ds[start_batch * shard_count + shard_index : stop : shard_count]
     ds = ds.map(_normalize)
     iter_ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch)

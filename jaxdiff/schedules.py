@@ -76,6 +76,23 @@ def linear(
     return from_betas(jnp.linspace(beta_start, beta_end, num_timesteps))
 
 
+def scaled_linear(
+    num_timesteps: int = 1000, *, beta_start: float = 0.00085, beta_end: float = 0.012
+) -> Schedule:
+    """Betas whose square roots are evenly spaced, ``beta_t = (sqrt(b0) + t/(T-1) *
+    (sqrt(b1) - sqrt(b0)))**2``: Latent Diffusion's schedule (Rombach et al. 2022, the
+    "scaled_linear" beta_schedule of diffusers' schedulers, defaults as Stable Diffusion).
+    """
+    _check_T(num_timesteps)
+    if not 0.0 < beta_start <= beta_end < 1.0:
+        raise ValueError(
+            f"scaled_linear schedule needs 0 < beta_start <= beta_end < 1, got "
+            f"beta_start={beta_start}, beta_end={beta_end}"
+        )
+    roots = jnp.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=jnp.float32)
+    return from_betas(roots**2)
+
+
 def cosine(num_timesteps: int = 1000, *, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
     """Nichol & Dhariwal 2021, "Improved DDPM", eq. 17.
 

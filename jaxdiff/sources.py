@@ -9,7 +9,9 @@ A *source* is anything with ``__len__`` and ``__getitem__`` whose records are
                                         (array_record files; TensorFlow is not needed);
 * ``load_idx(path, split=...)``         a directory of MNIST-style IDX files;
 * ``load_npy(images_path, labels_path)`` a pair of ``.npy`` arrays (the sprites data);
-* ``load_digits()``                     scikit-learn's bundled 8x8 digits (no download).
+* ``load_digits()``                     scikit-learn's bundled 8x8 digits (no download);
+* ``load_folder(path, image_size=...)``  PNG/JPEG files under a directory (your own images),
+                                        class sub-folders as labels when asked.
 
 ``make_source(config.data)`` picks one from a config; ``jaxdiff.data.make_pipeline`` turns
 any of them into batches.
@@ -24,13 +26,15 @@ import pathlib
 import socket
 import urllib.parse
 import urllib.request
+import warnings
 from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
 
-SOURCES = ("tfds", "idx", "npy", "digits")
+SOURCES = ("tfds", "idx", "npy", "digits", "folder")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 OFFLINE_OPTIONS = (
     "Offline options: put the dataset's downloaded files in a directory and pass "
@@ -54,11 +58,13 @@ class ArraySource:
       images: (N, H, W, C) uint8.
       labels: (N,) integer class labels, or None.
       contexts: (N, D) float32 context vectors, or None.
+      origin: where the labels come from (a file name), for error messages.
     """
 
     images: np.ndarray
     labels: np.ndarray | None = None
     contexts: np.ndarray | None = None
+    origin: str = "the data"
 
     def __len__(self) -> int:
         return len(self.images)
@@ -108,9 +114,9 @@ def load_tfds(
         ) from None
     try:
         records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except (NotImplementedError, AssertionError):
+    except (NotImplementedError, AssertionError, KeyError):
         # Not prepared as array_record files in data_dir (TFDS words this as a file-format
-        # problem); prepare it below.
+        # problem, or, from 4.9.10 on, as a KeyError for the empty splits); prepare it below.
         _check_can_prepare(name, builder, manual_dir=manual_dir)
         # With manual_dir the files are local: do not look for a prepared copy on GCS.
         config = tfds.download.DownloadConfig(
@@ -191,7 +197,9 @@ def load_idx(path: str | os.PathLike, *, split: str = "train") -> ArraySource:
     labels = _read_idx(_find_idx(directory, f"{prefixes[split]}-labels-idx1-ubyte"), ndim=1)
     if len(images) != len(labels):
         raise ValueError(f"{directory}: {len(images)} images but {len(labels)} labels")
-    return ArraySource(images[..., None], labels=labels.astype(np.int32))
+    if len(images) == 0:
+        raise ValueError(f"{directory}: the {split} IDX files hold no images")
+    return ArraySource(images[..., None], labels=labels.astype(np.int32), origin=str(directory))
 
 
 def _find_idx(directory: pathlib.Path, stem: str) -> pathlib.Path:
@@ -239,6 +247,8 @@ def load_npy(
         images = images[..., None]
     if images.ndim != 4:
         raise ValueError(f"{images_path}: images must be (N, H, W[, C]), got {images.shape}")
+    if len(images) == 0:
+        raise ValueError(f"{images_path} holds no images (shape {images.shape})")
     images = _to_uint8(images, name=str(images_path))
     if labels_path is None:
         return ArraySource(images)
@@ -249,15 +259,64 @@ def load_npy(
             "labels; they must be the same length."
         )
     if labels.ndim == 1:
-        return ArraySource(images, labels=labels.astype(np.int32))
+        return ArraySource(images, labels=_class_labels(labels, name=str(labels_path)),
+                           origin=str(labels_path))
     if labels.ndim == 2:
-        return ArraySource(images, contexts=labels.astype(np.float32))
+        _first_bad(~np.isfinite(labels), name=str(labels_path), what="non-finite context values")
+        return ArraySource(images, contexts=labels.astype(np.float32), origin=str(labels_path))
     raise ValueError(f"{labels_path}: labels must be (N,) or (N, D), got {labels.shape}")
+
+
+def _first_bad(bad: np.ndarray, *, name: str, what: str, values: np.ndarray | None = None):
+    """Raises ValueError naming the file, the count and the first offending (record) index
+    when ``bad`` (a boolean array over records, or over all values) has any True."""
+    count = int(np.count_nonzero(bad))
+    if not count:
+        return
+    first = np.unravel_index(int(np.argmax(bad.reshape(-1))), bad.shape)
+    shown = f" (value {values[first]!r})" if values is not None else ""
+    raise ValueError(f"{name}: {count} {what}, the first at index {first[0]}{shown}")
+
+
+def _class_labels(labels: np.ndarray, *, name: str) -> np.ndarray:
+    """(N,) labels as int32, refusing values that are not integers or that do not fit
+    (casting would turn 2.7 into 2 and 2**32 + 3 into 3 silently)."""
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+        raise ValueError(f"{name}: labels must be integers, got dtype {labels.dtype}")
+    if np.issubdtype(labels.dtype, np.floating):
+        _first_bad(~np.isfinite(labels) | (labels != np.round(labels)), name=name,
+                   what="labels that are not integers", values=labels)
+    _first_bad((labels < 0) | (labels > np.iinfo(np.int32).max), name=name,
+               what="labels outside [0, 2**31) (class labels start at 0)", values=labels)
+    return labels.astype(np.int32)
+
+
+def check_labels(source: Any, *, num_classes: int | None) -> None:
+    """Refuses labels outside [0, num_classes): the null label ``num_classes`` (classifier-free
+    guidance) never comes from data, and larger ones would index past the embedding.
+
+    Only in-memory sources (``ArraySource``: .npy, IDX, digits) are checked; TFDS labels come
+    from the dataset's own ClassLabel feature.
+    """
+    labels = getattr(source, "labels", None)
+    if labels is None or not num_classes:
+        return
+    _first_bad(
+        (labels < 0) | (labels >= num_classes),
+        name=getattr(source, "origin", "the data"),
+        what=f"labels outside [0, {num_classes}) (model.num_classes={num_classes}; "
+        f"{num_classes} is the null label of classifier-free guidance, never a data label)",
+        values=labels,
+    )
 
 
 def _to_uint8(images: np.ndarray, *, name: str) -> np.ndarray:
     if images.dtype == np.uint8:
         return images
+    if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
+        raise ValueError(f"{name}: images must be uint8 or float, got dtype {images.dtype}")
+    per_image = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    _first_bad(per_image, name=name, what="images with non-finite (NaN/inf) pixel values")
     low, high = float(images.min()), float(images.max())
     if low < 0 or high > 255:
         raise ValueError(f"{name}: pixel values in [{low}, {high}]; expected [0, 1] or [0, 255]")
@@ -279,7 +338,111 @@ def load_digits(*, split: str = "train") -> ArraySource:
 
     digits = datasets.load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    return ArraySource(images, labels=digits.target.astype(np.int32))
+    return ArraySource(images, labels=digits.target.astype(np.int32), origin="scikit-learn digits")
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderSource:
+    """Image files decoded on demand (OpenCV), centre-cropped to a square and resized.
+
+    Attributes:
+      paths: the image files, sorted. labels: (N,) int32 class indices, or None.
+      classes: the class (sub-folder) names of the labels, or None.
+      image_size: side of the square images returned. channels: 1 (grey) or 3 (RGB).
+    """
+
+    paths: tuple[str, ...]
+    labels: np.ndarray | None
+    classes: tuple[str, ...] | None
+    image_size: int
+    channels: int
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record: dict[str, Any] = {"image": self.read(self.paths[index])}
+        if self.labels is not None:
+            record["label"] = int(self.labels[index])
+        return record
+
+    def read(self, path: str) -> np.ndarray:
+        """uint8 (image_size, image_size, channels): the largest centred square, resized
+        (INTER_AREA when shrinking, which averages pixels instead of aliasing)."""
+        import cv2  # Imported here: only folder users pay for it.
+
+        flag = cv2.IMREAD_GRAYSCALE if self.channels == 1 else cv2.IMREAD_COLOR
+        image = cv2.imread(path, flag)
+        if image is None:
+            raise ValueError(f"cannot decode the image file {path}")
+        if self.channels == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        h, w = image.shape[:2]
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        image = image[top:top + side, left:left + side]
+        size = self.image_size
+        shrink = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+        image = cv2.resize(image, (size, size), interpolation=shrink)
+        return image.reshape(size, size, self.channels)
+
+
+def load_folder(
+    path: str | os.PathLike, *, image_size: int, channels: int = 3, class_folders: bool = False
+) -> FolderSource:
+    """PNG/JPEG images found recursively under ``path``, as ``FolderSource`` records.
+
+    ``class_folders``: each image's label is the index of its top-level sub-folder in the
+    sorted list of sub-folders (torchvision's ImageFolder convention). Files that are not
+    readable images are skipped and counted in one warning.
+
+    Raises:
+      FileNotFoundError: ``path`` is not a directory.
+      ValueError: no readable image under ``path`` (or, with ``class_folders``, images
+        outside the class sub-folders); ``channels`` not 1 or 3.
+    """
+    from PIL import Image  # Checks the files without decoding all pixels.
+
+    root = pathlib.Path(path) if path else None
+    if root is None or not root.is_dir():
+        raise FileNotFoundError(
+            f"image folder {path} is not a directory; set --config.data.path=DIR"
+        )
+    if channels not in (1, 3):
+        raise ValueError(f"data.channels must be 1 (grey) or 3 (RGB) for folders, got {channels}")
+    found = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    readable, bad = [], []
+    for p in found:
+        try:
+            with Image.open(p) as image:
+                image.verify()
+            readable.append(p)
+        except Exception:  # PIL raises many kinds for broken files; all mean "skip it".
+            bad.append(p)
+    if bad:
+        warnings.warn(
+            f"skipped {len(bad)} unreadable image file(s) under {root}, e.g. {bad[0]}",
+            stacklevel=2,
+        )
+    if not readable:
+        raise ValueError(
+            f"no readable PNG/JPEG images under {root} (searched recursively for "
+            f"{', '.join(IMAGE_SUFFIXES)})"
+        )
+    labels = classes = None
+    if class_folders:
+        top = [p.relative_to(root).parts for p in readable]
+        loose = [p for p, parts in zip(readable, top) if len(parts) < 2]
+        if loose:
+            raise ValueError(
+                f"data.class_folders=True wants every image in a class sub-folder of {root}; "
+                f"{len(loose)} are at the top level, e.g. {loose[0]}"
+            )
+        classes = tuple(sorted({parts[0] for parts in top}))
+        labels = np.array([classes.index(parts[0]) for parts in top], np.int32)
+    return FolderSource(
+        tuple(str(p) for p in readable), labels, classes, int(image_size), int(channels)
+    )
 
 
 def make_source(data_config: ml_collections.ConfigDict) -> Any:
@@ -294,6 +457,8 @@ def make_source(data_config: ml_collections.ConfigDict) -> Any:
       manual_dir: directory with the dataset's already downloaded files [None] (tfds).
       path: directory with ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` (idx).
       images_path, labels_path: the two ``.npy`` files; labels_path may be None (npy).
+      path, image_size (or resize_to), channels, class_folders: the image folder, the
+        square size to crop and resize to, 1 or 3 channels, labels from sub-folders (folder).
     """
     get = data_config.get
     source, split = get("source"), get("split") or "train"
@@ -307,4 +472,9 @@ def make_source(data_config: ml_collections.ConfigDict) -> Any:
         return load_npy(get("images_path"), get("labels_path"))
     if source == "digits":
         return load_digits(split=split)
+    if source == "folder":
+        return load_folder(
+            get("path"), image_size=int(get("resize_to") or get("image_size")),
+            channels=int(get("channels", 3)), class_folders=bool(get("class_folders", False)),
+        )
     raise ValueError(f"unknown data source {source!r}; --config.data.source must be in {SOURCES}")

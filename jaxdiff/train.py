@@ -1,9 +1,11 @@
 """The train step, its state, and the mesh/sharding helpers it runs under.
 
 One jitted function does a whole step (loss, gradients, optimizer, EMA) over a
-``jax.sharding.Mesh`` with a single 'data' axis: params and optimizer state are replicated,
-the batch is split along its first axis, and XLA inserts the gradient all-reduce. The same
-code runs on 1 CPU, N GPUs, a TPU slice or several hosts.
+``jax.sharding.Mesh``: with a single 'data' axis params and optimizer state are replicated,
+the batch is split along its first axis, and XLA inserts the gradient all-reduce; with
+('data', 'fsdp') axes params, optimizer state and EMA are split along 'fsdp'
+(``state_shardings``). The same code runs on 1 CPU, N GPUs, a TPU slice or several hosts
+(one global mesh over every process's devices; ``jaxdiff.distributed``).
 
 Randomness: the key of step s is ``fold_in(state.rng, s)``, drawn from inside the jitted
 step over the global batch. A jitted program's values do not depend on its sharding, so the
@@ -63,13 +65,28 @@ def create_train_state(
     )
 
 
-def make_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = "data") -> Mesh:
-    """A 1-D mesh over ``devices`` (default: ``jax.devices()``, all devices of all
-    processes) with one axis named ``axis_name``."""
+def make_mesh(
+    devices: Sequence[jax.Device] | None = None, axis_name: str = "data", *, fsdp: int = 1
+) -> Mesh:
+    """A mesh over ``devices`` (default: ``jax.devices()``, all devices of all processes).
+
+    ``fsdp`` 1: one axis named ``axis_name`` (pure data parallel). ``fsdp`` K > 1: axes
+    ('data', 'fsdp') of shape (N / K, K), the layout ``state_shardings`` shards parameters
+    over (Rajbhandari et al. 2020, ZeRO stage 3; PyTorch's FSDP). ``jax.devices()`` lists
+    each process's devices together, so every process's devices are one contiguous run of
+    the flattened mesh, which is what ``shard_batch`` needs.
+    """
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
         raise ValueError("make_mesh needs at least one device")
-    return Mesh(np.asarray(devices), (axis_name,))
+    if fsdp < 1 or len(devices) % fsdp:
+        raise ValueError(
+            f"mesh.fsdp={fsdp} must be a positive divisor of the number of devices "
+            f"{len(devices)}"
+        )
+    if fsdp == 1:
+        return Mesh(np.asarray(devices), (axis_name,))
+    return Mesh(np.asarray(devices).reshape(len(devices) // fsdp, fsdp), ("data", "fsdp"))
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
@@ -81,12 +98,53 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def state_shardings(tree: Any, mesh: Mesh) -> Any:
+    """Per-leaf shardings of a state (arrays or ``jax.eval_shape`` structs) over ``mesh``.
+
+    Without an 'fsdp' axis (or with one of size 1) everything is replicated. With one of size
+    K, each array is split along its largest axis that K divides (ties: the last such axis,
+    e.g. the output features of a square kernel) and replicated over 'data'; scalars and
+    arrays with no such axis are replicated. Params, Adam moments and EMA params share their
+    shapes, so they share their shardings too: each device holds about 1/K of the state.
+    """
+    replicated = replicated_sharding(mesh)
+    k = dict(mesh.shape).get("fsdp", 1)
+    if k == 1:
+        return jax.tree.map(lambda _: replicated, tree)
+
+    def shard(x):
+        axes = [a for a in range(len(x.shape)) if x.shape[a] % k == 0 and x.shape[a] >= k]
+        if not axes:
+            return replicated
+        axis = max(axes, key=lambda a: (x.shape[a], a))
+        spec = [None] * len(x.shape)
+        spec[axis] = "fsdp"
+        return NamedSharding(mesh, PartitionSpec(*spec))
+
+    return jax.tree.map(shard, tree)
+
+
+def bytes_per_device(tree: Any, shardings: Any) -> dict[Any, int]:
+    """{device: bytes of ``tree``'s leaves (arrays or ShapeDtypeStructs) stored there} under
+    ``shardings``, computed from shapes alone (works on ``jax.eval_shape`` output)."""
+    totals: dict[Any, int] = {}
+    for x, sharding in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
+        itemsize = np.dtype(x.dtype).itemsize if not jax.dtypes.issubdtype(
+            x.dtype, jax.dtypes.prng_key) else 8
+        shard = sharding.shard_shape(tuple(x.shape))
+        for device in sharding.device_set:
+            totals[device] = totals.get(device, 0) + int(np.prod(shard, dtype=np.int64)) * itemsize
+    return totals
+
+
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """Host-local batch (a pytree of arrays, leading axis B_local) -> global jax.Arrays of
     leading size B_local * process_count, split over the mesh's devices.
 
-    Each process passes its own slice of the global batch; with one process this is the
-    whole batch. The local batch size must divide evenly over the local devices.
+    Each process passes its own contiguous slice of the global batch (process i: rows
+    [i B_local, (i + 1) B_local), as ``jaxdiff.data.make_pipeline`` yields them); with one
+    process this is the whole batch. The local batch size must divide evenly over the local
+    devices.
     """
     sharding = data_sharding(mesh)
     local_devices = len(mesh.local_devices)
@@ -103,21 +161,47 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     return jax.tree.map(put, batch)
 
 
+def put_global(tree: Any, shardings: Any) -> Any:
+    """Puts a pytree of host or single-device values onto global shardings (e.g. those of
+    ``state_shardings``), each process filling only the shards of its own devices.
+
+    ``jax.device_put`` would try to write to other processes' devices. Every process must
+    pass the same values. PRNG key arrays travel as their key data.
+    """
+
+    def put(x, sharding):
+        if jax.dtypes.issubdtype(jnp.asarray(x).dtype, jax.dtypes.prng_key):
+            impl = jax.random.key_impl(x)
+            return jax.random.wrap_key_data(put(jax.random.key_data(x), sharding), impl=impl)
+        host = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree, shardings)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Puts a pytree (e.g. a TrainState) on every device of ``mesh``. With several processes
-    every process must pass the same values."""
-    return jax.device_put(tree, replicated_sharding(mesh))
+    """Puts a pytree (e.g. a TrainState) on every device of ``mesh``, on any number of
+    processes (every process must pass the same values)."""
+    replicated = replicated_sharding(mesh)
+    return put_global(tree, jax.tree.map(lambda _: replicated, tree))
 
 
 def make_train_step(
-    loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: Mesh
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    state_sharding: Any = None,
 ) -> TrainStep:
     """Returns the jitted ``step(state, batch) -> (state, metrics)``.
 
     The state is donated: its buffers, including those of the params given to
     ``create_train_state``, are reused for the new state, so keep a copy
-    (``jax.device_get``) of anything you need afterwards. The state is replicated over
-    ``mesh``, the batch split along 'data' (``shard_batch``).
+    (``jax.device_get``) of anything you need afterwards. The state has ``state_sharding``
+    (default: replicated over ``mesh``; FSDP: ``state_shardings(state, mesh)``), the batch is
+    split along every mesh axis (``shard_batch``). XLA inserts the gradient all-reduce, or
+    with FSDP the all-gathers of params and reduce-scatters of gradients; the values do not
+    depend on the sharding.
 
     A step whose loss or gradient norm is not finite changes neither params nor opt_state
     (so neither the EMA) but still advances ``step``, so the next step draws fresh noise;
@@ -129,6 +213,7 @@ def make_train_step(
     optimizer state carries one (``jaxdiff.optim.make_optimizer`` does).
     """
     replicated = replicated_sharding(mesh)
+    state_sharding = replicated if state_sharding is None else state_sharding
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
@@ -162,7 +247,7 @@ def make_train_step(
 
     return jax.jit(
         step,
-        in_shardings=(replicated, data_sharding(mesh)),
-        out_shardings=(replicated, replicated),
+        in_shardings=(state_sharding, data_sharding(mesh)),
+        out_shardings=(state_sharding, replicated),
         donate_argnums=0,
     )

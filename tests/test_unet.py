@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from jaxdiff import pretrained
 from jaxdiff.models.layers import split_cond, timestep_embedding
 from jaxdiff.models.unet import UNet, diffusers_kwargs
 
@@ -236,30 +237,6 @@ def test_diffusers_kwargs():
         diffusers_kwargs(UNet(**TINY, context_dim=4), in_channels=1)
 
 
-def _params_from_torch(state_dict):
-    """A diffusers state dict -> the Flax params tree, by the module docstring's table."""
-    flat = {}
-    for key, value in state_dict.items():
-        value = value.detach().numpy()
-        *mods, leaf = key.split(".")
-        path = []
-        for m in mods:  # "down_blocks.0" -> "down_blocks_0", "to_out.0" -> "to_out_0"
-            if m.isdigit():
-                path[-1] += f"_{m}"
-            else:
-                path.append(m)
-        if leaf == "weight" and path[-1] == "class_embedding":
-            leaf = "embedding"
-        elif leaf == "weight" and value.ndim == 4:
-            leaf, value = "kernel", value.transpose(2, 3, 1, 0)
-        elif leaf == "weight" and value.ndim == 2:
-            leaf, value = "kernel", value.T
-        elif leaf == "weight":
-            leaf = "scale"
-        flat[(*path, leaf)] = jnp.asarray(value)
-    return traverse_util.unflatten_dict(flat)
-
-
 def test_matches_diffusers_unet2dmodel():
     """Same weights -> same outputs as diffusers' UNet2DModel (skipped without diffusers)."""
     torch = pytest.importorskip("torch")
@@ -268,10 +245,12 @@ def test_matches_diffusers_unet2dmodel():
     torch.manual_seed(0)
     twin = diffusers.UNet2DModel(**diffusers_kwargs(model, in_channels=3)).eval()
     x, labels = images(3), np.array([0, 3])
-    params = _params_from_torch(twin.state_dict())
-    ours = traverse_util.flatten_dict(param_shapes(model, x))
-    theirs = traverse_util.flatten_dict(params)
-    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+    # The table of the module docstring, as jaxdiff.pretrained implements it; it checks
+    # that every name and shape matches the Flax tree.
+    params = pretrained.params_from_state_dict(
+        {k: v.detach().numpy() for k, v in twin.state_dict().items()},
+        expected=param_shapes(model, x),
+    )
     assert sum(p.numel() for p in twin.parameters()) == _tiny_param_count(3, 3)
     out = jax.jit(model.apply)({"params": params}, x, T, labels)
     with torch.no_grad():

@@ -7,10 +7,12 @@ table in ``jaxdiff.models.unet``):
 * ``timestep_embedding``   ``embeddings.get_timestep_embedding`` (the sinusoids of Vaswani
                            et al. 2017 sec. 3.5, used for t by DDPM, Ho et al. 2020 sec. 4)
 * ``TimestepEmbedding``    ``embeddings.TimestepEmbedding``  (linear_1, SiLU, linear_2)
-* ``ResnetBlock``          ``resnet.ResnetBlock2D`` with time_embedding_norm="default"
+* ``ResnetBlock``          ``resnet.ResnetBlock2D`` (time_embedding_norm "default" or
+                           "scale_shift", any ``non_linearity``, ``output_scale_factor``)
 * ``AttentionBlock``       ``attention_processor.Attention`` as built by the UNet2D blocks
-                           (group_norm, to_q, to_k, to_v, to_out_0; residual connection)
-* ``Downsample``           ``downsampling.Downsample2D(use_conv=True, padding=1)``
+                           (group_norm, to_q, to_k, to_v, to_out_0; residual connection,
+                           ``rescale_output_factor``)
+* ``Downsample``           ``downsampling.Downsample2D(use_conv=True, padding=p)``
 * ``Upsample``             ``upsampling.Upsample2D(use_conv=True)``
 * ``split_cond``           reads a jaxdiff condition (None, labels, context, dict) and
                            fills in the null label / null context a model needs.
@@ -20,6 +22,7 @@ All modules compute in ``dtype`` and keep float32 parameters. Images are NHWC.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -29,6 +32,22 @@ import jax.numpy as jnp
 
 Dtype = Any
 PADDING_1 = ((1, 1), (1, 1))  # torch's padding=1; explicit so stride 2 pads like PyTorch
+
+# diffusers' ``activations.get_activation`` names -> functions (its GELU is the exact one).
+ACTIVATIONS = {
+    "silu": nn.silu,
+    "swish": nn.silu,
+    "mish": lambda x: x * jnp.tanh(nn.softplus(x)),
+    "gelu": functools.partial(nn.gelu, approximate=False),
+    "relu": nn.relu,
+}
+
+
+def activation(name: str):
+    """The activation function called ``name`` in diffusers (``act_fn``)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"act_fn must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]
 
 
 def timestep_embedding(
@@ -142,13 +161,18 @@ class TimestepEmbedding(nn.Module):
 
 
 class ResnetBlock(nn.Module):
-    """Pre-norm residual block with an additive time embedding (DDPM appendix B; diffusers'
-    ResnetBlock2D, time_embedding_norm="default", output_scale_factor=1).
+    """Pre-norm residual block with a time embedding (DDPM appendix B; diffusers'
+    ResnetBlock2D).
 
-    ``h = conv1(silu(norm1(x))) + time_emb_proj(silu(temb))``;
-    ``h = conv2(dropout(silu(norm2(h))))``; output ``shortcut(x) + h`` where the shortcut is
-    a 1x1 ``conv_shortcut`` only when the channel count changes.
-    x: (B, H, W, C_in), temb: (B, E) -> (B, H, W, out_channels).
+    ``h = conv1(act(norm1(x)))``; the time embedding enters as
+    ``h = norm2(h + time_emb_proj(act(temb)))`` (``scale_shift=False``, DDPM's additive
+    form) or, with ``scale_shift=True``, ``time_emb_proj`` gives 2C numbers
+    ``(scale, shift)`` and ``h = norm2(h) * (1 + scale) + shift`` (the adaptive GroupNorm
+    of Dhariwal & Nichol 2021, "Diffusion Models Beat GANs", sec. 3.1);
+    ``h = conv2(dropout(act(h)))``; output ``(shortcut(x) + h) / output_scale_factor`` where
+    the shortcut is a 1x1 ``conv_shortcut`` only when the channel count changes.
+    x: (B, H, W, C_in), temb: (B, E) -> (B, H, W, out_channels). ``train`` may be passed
+    positionally so that ``nn.remat(ResnetBlock, static_argnums=(3,))`` works.
     """
 
     out_channels: int
@@ -156,19 +180,29 @@ class ResnetBlock(nn.Module):
     eps: float = 1e-5
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
+    scale_shift: bool = False
+    act_fn: str = "silu"
+    output_scale_factor: float = 1.0
 
     @nn.compact
-    def __call__(self, x: jax.Array, temb: jax.Array, *, train: bool = False) -> jax.Array:
-        h = nn.silu(_group_norm(self.num_groups, self.eps, self.dtype, "norm1")(x))
-        h = _conv(self.out_channels, 3, self.dtype, "conv1")(h)
-        temb = _dense(self.out_channels, self.dtype, "time_emb_proj")(nn.silu(temb))
-        h = h + temb[:, None, None, :]
-        h = nn.silu(_group_norm(self.num_groups, self.eps, self.dtype, "norm2")(h))
-        h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = _conv(self.out_channels, 3, self.dtype, "conv2")(h)
-        if x.shape[-1] != self.out_channels:
-            x = _conv(self.out_channels, 1, self.dtype, "conv_shortcut")(x)
-        return x + h
+    def __call__(self, x: jax.Array, temb: jax.Array, train: bool = False) -> jax.Array:
+        act = activation(self.act_fn)
+        c = self.out_channels
+        h = act(_group_norm(self.num_groups, self.eps, self.dtype, "norm1")(x))
+        h = _conv(c, 3, self.dtype, "conv1")(h)
+        temb = _dense(2 * c if self.scale_shift else c, self.dtype, "time_emb_proj")(act(temb))
+        temb = temb[:, None, None, :]
+        norm2 = _group_norm(self.num_groups, self.eps, self.dtype, "norm2")
+        if self.scale_shift:
+            h = norm2(h) * (1 + temb[..., :c]) + temb[..., c:]
+        else:
+            h = norm2(h + temb)
+        h = nn.Dropout(self.dropout)(act(h), deterministic=not train)
+        h = _conv(c, 3, self.dtype, "conv2")(h)
+        if x.shape[-1] != c:
+            x = _conv(c, 1, self.dtype, "conv_shortcut")(x)
+        out = x + h
+        return out if self.output_scale_factor == 1 else out / self.output_scale_factor
 
 
 class AttentionBlock(nn.Module):
@@ -177,13 +211,16 @@ class AttentionBlock(nn.Module):
     ``_from_deprecated_attn_block=True, residual_connection=True``).
 
     ``heads = C // head_dim`` (``head_dim=None`` means one head of size C), softmax in
-    float32 (diffusers' ``upcast_softmax``). x: (B, H, W, C) -> (B, H, W, C).
+    float32 (diffusers' ``upcast_softmax``); ``num_groups=None``: no ``group_norm`` (the
+    mid block of a scale-shift UNet2DModel). Output ``(x + attention) /
+    rescale_output_factor``. x: (B, H, W, C) -> (B, H, W, C).
     """
 
     head_dim: int | None = 8
-    num_groups: int = 32
+    num_groups: int | None = 32
     eps: float = 1e-5
     dtype: Dtype = jnp.float32
+    rescale_output_factor: float = 1.0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -195,7 +232,9 @@ class AttentionBlock(nn.Module):
                 f"{head_dim}"
             )
         heads = c // head_dim
-        h = _group_norm(self.num_groups, self.eps, self.dtype, "group_norm")(x)
+        h = x
+        if self.num_groups is not None:
+            h = _group_norm(self.num_groups, self.eps, self.dtype, "group_norm")(x)
         h = h.reshape(b, height * width, c)
         q, k, v = (
             _dense(c, self.dtype, name)(h).reshape(b, height * width, heads, head_dim)
@@ -203,21 +242,30 @@ class AttentionBlock(nn.Module):
         )
         # jax.nn.dot_product_attention takes the logits' softmax in float32 for bf16 inputs.
         out = jax.nn.dot_product_attention(q, k, v).reshape(b, height * width, c)
-        out = _dense(c, self.dtype, "to_out_0")(out)
-        return x + out.reshape(b, height, width, c)
+        out = x + _dense(c, self.dtype, "to_out_0")(out).reshape(b, height, width, c)
+        return out if self.rescale_output_factor == 1 else out / self.rescale_output_factor
 
 
 class Downsample(nn.Module):
-    """Learnable 2x downsampling: a 3x3 conv with stride 2 and padding 1 (``conv``).
+    """Learnable 2x downsampling: a 3x3 conv with stride 2 (``conv``).
 
-    (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), C).
+    ``padding`` p > 0 pads every side by p (torch's ``padding=p``); ``padding=0`` is
+    diffusers' ``downsample_padding=0`` (the released google/ddpm-* UNets, after the
+    original TF DDPM's "SAME" stride-2 conv): one zero row and column at the bottom and
+    right, then an unpadded conv. Even H, W: (B, H, W, C) -> (B, H/2, W/2, C).
     """
 
     dtype: Dtype = jnp.float32
+    padding: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return _conv(x.shape[-1], 3, self.dtype, "conv", stride=2)(x)
+        p = int(self.padding)
+        pads = ((0, 1), (0, 1)) if p == 0 else ((p, p), (p, p))
+        return nn.Conv(
+            x.shape[-1], (3, 3), strides=(2, 2), padding=pads, dtype=self.dtype,
+            param_dtype=jnp.float32, name="conv",
+        )(x)
 
 
 class Upsample(nn.Module):

@@ -56,6 +56,7 @@ from jaxdiff.models.layers import (
     ResnetBlock,
     TimestepEmbedding,
     Upsample,
+    activation,
     split_cond,
     timestep_embedding,
 )
@@ -65,17 +66,23 @@ Dtype = Any
 
 # The blocks below share these two builders. Called inside a block's compact __call__, the
 # sub-module gets that block as its parent (Flax's module stack), so the parameter paths
-# are block/resnets_j and block/attentions_j as in diffusers.
-def _resnet(block: nn.Module, channels: int, j: int) -> ResnetBlock:
-    return ResnetBlock(
-        channels, block.num_groups, block.eps, block.dropout, block.dtype, name=f"resnets_{j}"
+# are block/resnets_j and block/attentions_j as in diffusers. ``remat`` wraps each in
+# nn.remat (same parameters, activations recomputed in the backward pass).
+def _resnet(block: nn.Module, channels: int, j: int, scale: float = 1.0):
+    cls = nn.remat(ResnetBlock, static_argnums=(3,)) if block.remat else ResnetBlock
+    resnet = cls(
+        channels, block.num_groups, block.eps, block.dropout, block.dtype,
+        scale_shift=block.resnet_time_scale_shift == "scale_shift", act_fn=block.act_fn,
+        output_scale_factor=scale, name=f"resnets_{j}",
     )
+    return lambda h, temb, train: resnet(h, temb, train)
 
 
-def _attention(block: nn.Module, j: int) -> AttentionBlock:
-    return AttentionBlock(
-        block.attention_head_dim, block.num_groups, block.eps, block.dtype,
-        name=f"attentions_{j}",
+def _attention(block: nn.Module, j: int, num_groups: Any = "block", scale: float = 1.0):
+    cls = nn.remat(AttentionBlock) if block.remat else AttentionBlock
+    return cls(
+        block.attention_head_dim, block.num_groups if num_groups == "block" else num_groups,
+        block.eps, block.dtype, rescale_output_factor=scale, name=f"attentions_{j}",
     )
 
 
@@ -88,11 +95,15 @@ class DownBlock2D(nn.Module):
     num_layers: int
     attention: bool
     add_downsample: bool
+    downsample_padding: int = 1
     attention_head_dim: int | None = 8
     num_groups: int = 32
     eps: float = 1e-5
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
+    resnet_time_scale_shift: str = "default"
+    act_fn: str = "silu"
+    remat: bool = False
 
     @nn.compact
     def __call__(
@@ -100,33 +111,45 @@ class DownBlock2D(nn.Module):
     ) -> tuple[jax.Array, list[jax.Array]]:
         skips = []
         for j in range(self.num_layers):
-            h = _resnet(self, self.out_channels, j)(h, temb, train=train)
+            h = _resnet(self, self.out_channels, j)(h, temb, train)
             if self.attention:
                 h = _attention(self, j)(h)
             skips.append(h)
         if self.add_downsample:
-            h = Downsample(self.dtype, name="downsamplers_0")(h)
+            h = Downsample(self.dtype, self.downsample_padding, name="downsamplers_0")(h)
             skips.append(h)
         return h, skips
 
 
 class UNetMidBlock2D(nn.Module):
-    """resnets_0, [attentions_0,] resnets_1 at the lowest resolution; shape-preserving."""
+    """resnets_0, [attentions_0,] resnets_1 at the lowest resolution; shape-preserving.
+
+    Each output is divided by ``output_scale_factor`` (UNet2DModel's
+    ``mid_block_scale_factor``); the attention's GroupNorm has ``attn_norm_num_groups``
+    groups, and by default ``num_groups``, or none in a scale-shift UNet (as diffusers)."""
 
     attention: bool = True
+    output_scale_factor: float = 1.0
+    attn_norm_num_groups: int | None = None
     attention_head_dim: int | None = 8
     num_groups: int = 32
     eps: float = 1e-5
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
+    resnet_time_scale_shift: str = "default"
+    act_fn: str = "silu"
+    remat: bool = False
 
     @nn.compact
     def __call__(self, h: jax.Array, temb: jax.Array, *, train: bool = False) -> jax.Array:
-        channels = h.shape[-1]
-        h = _resnet(self, channels, 0)(h, temb, train=train)
+        channels, scale = h.shape[-1], self.output_scale_factor
+        h = _resnet(self, channels, 0, scale)(h, temb, train)
         if self.attention:
-            h = _attention(self, 0)(h)
-        return _resnet(self, channels, 1)(h, temb, train=train)
+            groups = self.attn_norm_num_groups
+            if groups is None and self.resnet_time_scale_shift == "default":
+                groups = self.num_groups
+            h = _attention(self, 0, groups, scale)(h)  # groups None: no GroupNorm
+        return _resnet(self, channels, 1, scale)(h, temb, train)
 
 
 class UpBlock2D(nn.Module):
@@ -143,6 +166,9 @@ class UpBlock2D(nn.Module):
     eps: float = 1e-5
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
+    resnet_time_scale_shift: str = "default"
+    act_fn: str = "silu"
+    remat: bool = False
 
     @nn.compact
     def __call__(
@@ -151,7 +177,7 @@ class UpBlock2D(nn.Module):
         skips = list(skips)
         for j in range(self.num_layers):
             h = jnp.concatenate([h, skips.pop()], axis=-1)
-            h = _resnet(self, self.out_channels, j)(h, temb, train=train)
+            h = _resnet(self, self.out_channels, j)(h, temb, train)
             if self.attention:
                 h = _attention(self, j)(h)
         if self.add_upsample:
@@ -182,6 +208,19 @@ class UNet(nn.Module):
         Dense layer (zeros = null), or None.
       out_channels: output channels; None = the input's.
       dtype: computation dtype; parameters stay float32 and the output is float32.
+      downsample_padding: 1 pads the stride-2 downsampling conv on every side; 0 pads only
+        bottom/right by one (the google/ddpm-* checkpoints; see ``layers.Downsample``).
+      resnet_time_scale_shift: "default" adds the time embedding before norm2;
+        "scale_shift" modulates norm2's output, ``norm2(h) * (1 + scale) + shift``.
+      act_fn: the residual blocks' activation (diffusers' names: silu, swish, mish, gelu,
+        relu); the time MLP and the output head always use SiLU, as UNet2DModel does.
+      mid_block_scale_factor: the mid block's resnets and attention divide their outputs
+        by it.
+      attn_norm_num_groups: GroupNorm groups in front of the mid-block attention; None:
+        ``norm_num_groups`` with "default" time embedding, no GroupNorm with "scale_shift".
+      center_input_sample: the input is in [0, 1] and is mapped to ``2 x - 1`` first.
+      remat: rematerialise every resnet and attention block in the backward pass (same
+        parameters and outputs; less activation memory for about one more forward pass).
     """
 
     block_out_channels: tuple[int, ...] = (32, 64, 64)
@@ -199,6 +238,13 @@ class UNet(nn.Module):
     context_dim: int | None = None
     out_channels: int | None = None
     dtype: Dtype = jnp.float32
+    downsample_padding: int = 1
+    resnet_time_scale_shift: str = "default"
+    act_fn: str = "silu"
+    mid_block_scale_factor: float = 1.0
+    attn_norm_num_groups: int | None = None
+    center_input_sample: bool = False
+    remat: bool = False
 
     def skip_shapes(self, height: int, width: int) -> list[tuple[int, int, int]]:
         """(h, w, c) of each skip activation, in the order ``down_residuals`` takes them.
@@ -236,7 +282,11 @@ class UNet(nn.Module):
         common = dict(
             attention_head_dim=self.attention_head_dim, num_groups=self.norm_num_groups,
             eps=self.norm_eps, dropout=self.dropout, dtype=self.dtype,
+            resnet_time_scale_shift=self.resnet_time_scale_shift, act_fn=self.act_fn,
+            remat=self.remat,
         )
+        if self.center_input_sample:
+            x = 2 * x - 1.0
 
         t = jnp.broadcast_to(jnp.asarray(t), (b,))
         t_freq = timestep_embedding(
@@ -267,13 +317,16 @@ class UNet(nn.Module):
         for i, c in enumerate(chans):
             h, level_skips = DownBlock2D(
                 c, self.layers_per_block, i in self.attention_levels, i < n - 1,
-                name=f"down_blocks_{i}", **common,
+                self.downsample_padding, name=f"down_blocks_{i}", **common,
             )(h, emb, train=train)
             skips += level_skips
 
         if down_residuals is not None:
             skips = self._add_residuals(skips, down_residuals)
-        h = UNetMidBlock2D(self.mid_attention, name="mid_block", **common)(h, emb, train=train)
+        h = UNetMidBlock2D(
+            self.mid_attention, self.mid_block_scale_factor, self.attn_norm_num_groups,
+            name="mid_block", **common,
+        )(h, emb, train=train)
         if mid_residual is not None:
             if mid_residual.shape != h.shape:
                 raise ValueError(f"mid_residual has shape {mid_residual.shape}, want {h.shape}")
@@ -317,6 +370,14 @@ class UNet(nn.Module):
             )
         if any(not 0 <= i < n for i in self.attention_levels):
             raise ValueError(f"attention_levels {self.attention_levels} must be in [0, {n})")
+        if self.resnet_time_scale_shift not in ("default", "scale_shift"):
+            raise ValueError(
+                "resnet_time_scale_shift must be 'default' or 'scale_shift', got "
+                f"{self.resnet_time_scale_shift!r}"
+            )
+        if int(self.downsample_padding) < 0:
+            raise ValueError(f"downsample_padding must be >= 0, got {self.downsample_padding}")
+        activation(self.act_fn)  # raises ValueError naming the known ones
 
     def _add_residuals(
         self, skips: list[jax.Array], residuals: Sequence[jax.Array]
@@ -363,16 +424,18 @@ def diffusers_kwargs(
         up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
         block_out_channels=chans,
         layers_per_block=unet.layers_per_block,
-        mid_block_scale_factor=1,
-        downsample_padding=1,
+        mid_block_scale_factor=unet.mid_block_scale_factor,
+        downsample_padding=unet.downsample_padding,
         downsample_type="conv",
         upsample_type="conv",
         dropout=unet.dropout,
-        act_fn="silu",
+        act_fn=unet.act_fn,
         attention_head_dim=unet.attention_head_dim,
         norm_num_groups=unet.norm_num_groups,
         norm_eps=unet.norm_eps,
-        resnet_time_scale_shift="default",
+        resnet_time_scale_shift=unet.resnet_time_scale_shift,
+        attn_norm_num_groups=unet.attn_norm_num_groups,
+        center_input_sample=unet.center_input_sample,
         add_attention=unet.mid_attention,
         class_embed_type=None,
         num_class_embeds=None if unet.num_classes is None else unet.num_classes + 1,
