@@ -28,14 +28,14 @@ def get_config():
     # Per round: a fresh Adam from the teacher's weights, EMA in the optimizer state as in
     # training. Short rounds on a small model take a higher lr than the paper's 1e-4.
     config.train.update(
-        steps=250,
+        steps=200,
         learning_rate=5e-4,
         warmup_steps=0,
         ema_decay=0.99,
         ema_start_step=0,
         cond_drop_prob=0.0,  # the guided teacher's output is the target for every label
         log_every=25,
-        sample_every=250,
+        sample_every=200,
         checkpoint_every=50,
         keep_checkpoints=2,
     )
