@@ -3,7 +3,8 @@
 Rounds halve the teacher's DDIM steps: the first student learns in 8 steps what the guided
 teacher (CFG w = ``distill.guidance_scale``) does in 16, the next in 4 what that student does
 in 8, down to 1 step. Model, schedule and prediction come from the teacher's saved config;
-this config sets the data, the optimizer and the rounds. About 25 minutes on 2 CPU cores.
+this config sets the data, the optimizer and the rounds (52 minutes for the four rounds on
+2 CPU cores shared with other jobs).
 
     python -m experiments.train --config configs/digits_v.py --workdir runs/digits_v
     python -m experiments.distill --config configs/digits_distill.py --workdir runs/digits_pd \\
