@@ -8,6 +8,7 @@ instead of showing a traceback (``exit_on_user_error``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 import sys
@@ -25,7 +26,7 @@ from jaxdiff import checkpoint, losses, models, optim, schedules
 from jaxdiff import train as jd_train
 
 SCHEDULES = ("linear", "cosine", "scaled_linear")
-LOSSES = ("denoising", "corruption")
+LOSSES = ("denoising", "corruption", "noisy_classifier")
 SAMPLERS = ("ddpm", "ddpm_no_noise", "ddim", "dpm_solver_pp", "corruption")
 STRIDED = ("ddim", "dpm_solver_pp")  # samplers that take num_steps <= T and a grid spacing
 
@@ -54,8 +55,18 @@ def parse_flags(argv: list[str], flag_values: Any = None) -> list[str]:
     (``--config.train.steps=abc``) or a config file that does not load exit with status 2."""
     from absl import flags
 
+    from experiments import user_input
+
+    flag_values = flag_values or flags.FLAGS
     try:
-        return (flag_values or flags.FLAGS)(argv)
+        return flag_values(argv)
+    except flags.UnrecognizedFlagError as e:  # --config.<section>.<field> with no such section
+        unknown = re.search(r"flag '(config\.[\w.]+)'", str(e))
+        if unknown is None:
+            message = str(e)
+        else:
+            config = user_input.config_of(flag_values, argv)
+            message = user_input.field_hint(config, unknown.group(1))
     except flags.Error as e:  # wrong type or unknown flag: absl's message is already clear
         message = str(e)
     except (AttributeError, KeyError) as e:  # an override names a field the config lacks
@@ -65,12 +76,7 @@ def parse_flags(argv: list[str], flag_values: Any = None) -> list[str]:
         field = guess.group(2) if guess else re.search(r"\w+", text).group(0)
         overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
         named = [a for a in overrides if field in a.split(".")] or overrides or ["--config"]
-        message = (
-            f"{named[0]}: the config has no field {field!r}"
-            + (f" (did you mean {guess.group(1)!r}?)" if guess else "")
-            + '; list the fields with: python -c "from configs import <name>; '
-            'print(<name>.get_config())"'
-        )
+        message = user_input.field_hint(user_input.config_of(flag_values, argv), named[0])
     except OSError as e:  # config file missing or raising on import
         message = " ".join(str(e).split())
     print(f"error: {message}", file=sys.stderr)
@@ -110,6 +116,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
         raise ConfigError(f"diffusion.loss must be one of {LOSSES}, got {d.loss!r}")
     if int(d.num_timesteps) < 1:
         raise ConfigError(f"diffusion.num_timesteps must be >= 1, got {d.num_timesteps}")
+    from experiments import classifier_setup
+
+    classifier_setup.validate(config)
     validate_sampling(
         config, sampler=s.sampler, steps=s.steps, eta=s.eta, guidance_scale=s.guidance_scale
     )
@@ -160,6 +169,10 @@ def is_conditional(config: ml_collections.ConfigDict) -> bool:
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
     """The Flax module of ``config.model``, checked against the data's image shape."""
+    from experiments import classifier_setup
+
+    if classifier_setup.is_classifier(config):
+        return classifier_setup.build_model(config)
     try:
         model = models.build(config.model)
     except (ValueError, TypeError) as e:
@@ -209,6 +222,8 @@ def build_loss(
 ) -> losses.LossFn:
     if config.diffusion.loss == "corruption":
         return losses.make_corruption_loss(model.apply)
+    if config.diffusion.loss == "noisy_classifier":
+        return losses.make_noisy_classifier_loss(model.apply, schedule)
     num_classes, _ = cond_spec(model)
     return losses.make_denoising_loss(
         model.apply,
@@ -270,6 +285,9 @@ def _no_checkpoint(workdir) -> FileNotFoundError:
 
 def load_run_config(workdir) -> ml_collections.ConfigDict:
     """The config saved with the newest complete checkpoint in ``workdir``."""
+    from experiments import user_input
+
+    user_input.check_workdir(workdir)
     manager = checkpoint.make_manager(workdir, read_only=True)
     if manager.latest_step() is None:
         raise _no_checkpoint(workdir)
@@ -318,14 +336,20 @@ def make_sample_fn(
     spacing: str | None = None,
     clip_x0: bool | None = None,
     variance: str | None = None,
-) -> Callable[[Any, jax.Array, Any], tuple[jax.Array, jax.Array | None]]:
-    """``sample(params, key, cond) -> (images (B,H,W,C) in [-1,1], trajectory)``, jitted.
+    classifier_apply: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None,
+    classifier_scale: float = 0.0,
+) -> Callable[..., tuple[jax.Array, jax.Array | None]]:
+    """``sample(params, key, cond, classifier_params=None) -> (images (B,H,W,C) in [-1,1],
+    trajectory)``, jitted.
 
     ``spacing`` ("linspace" | "trailing", ``samplers.timestep_grid``) is the timestep grid of
     ddim and dpm_solver_pp; None keeps each sampler's default.
 
     params and cond are arguments, not constants baked into the program, so one compile
-    serves every checkpoint (the train loop's previews) and every label set.
+    serves every checkpoint (the train loop's previews) and every label set. With
+    ``classifier_apply(classifier_params, x_t, t) -> logits`` and ``classifier_scale`` > 0,
+    classifier guidance toward the int labels ``cond`` wraps the (CFG-guided) denoiser; an
+    unconditional model is then called without the labels.
     """
     from jaxdiff import guidance, samplers
 
@@ -347,13 +371,22 @@ def make_sample_fn(
     if variance is not None and sampler == "ddpm":
         options["variance"] = variance
 
-    def run(params, key, cond):
+    guided_by_classifier = classifier_apply is not None and classifier_scale != 0
+    # The labels are the classifier's; an unconditional model never sees them (at s = 0 too).
+    drop_cond = classifier_apply is not None and not any(cond_spec(model))
+
+    def run(params, key, cond, classifier_params=None):
         def denoise_fn(x_t, t, c):
-            return model.apply({"params": params}, x_t, t, c)
+            return model.apply({"params": params}, x_t, t, None if drop_cond else c)
 
         if guidance_scale > 0:
             denoise_fn = guidance.cfg(
                 denoise_fn, guidance_scale=guidance_scale, num_classes=num_classes
+            )
+        if guided_by_classifier:
+            denoise_fn = guidance.classifier_guidance(
+                denoise_fn, functools.partial(classifier_apply, classifier_params), schedule,
+                scale=classifier_scale, prediction=prediction,
             )
         images, trajectory = sample_fn(denoise_fn, schedule, key, shape, cond=cond, **options)
         return jnp.clip(images, -1.0, 1.0), trajectory

@@ -6,6 +6,8 @@
     python -m experiments.sample --workdir runs/sprites --context 0,0,1,0,0
     python -m experiments.sample --workdir runs/digits_pd --steps 4   # a distilled student
     python -m experiments.sample --pretrained ddpm-celebahq-256 --sampler ddim --steps 50
+    python -m experiments.sample --workdir runs/digits_uncond --classifier_workdir \
+        runs/digits_clf --classifier_scale 3 --labels 0,1,2
 
 The model, schedule and prediction come from the config saved with the newest checkpoint
 (or, with ``--pretrained``, from a diffusers pipeline folder: experiments/finetune.py);
@@ -27,10 +29,9 @@ import numpy as np
 from absl import app, flags
 from jax.experimental import multihost_utils
 
-from experiments import distill, finetune, from_config, multihost
-from jaxdiff import distributed
+from experiments import classifier_setup, distill, finetune, from_config, multihost
+from jaxdiff import distributed, viz
 from jaxdiff import train as jd_train
-from jaxdiff import viz
 
 
 def define_flags() -> None:
@@ -61,6 +62,12 @@ def define_flags() -> None:
         "--sampler ddpm --compare ddpm_no_noise (the seeds' right and wrong samplers).",
     )
     multihost.define_flags()
+    flags.DEFINE_string(
+        "classifier_workdir", None, "A noise-conditioned classifier run (configs/"
+        "digits_classifier.py) whose gradient guides the samples toward --labels."
+    )
+    flags.DEFINE_float("classifier_scale", 1.0, "Classifier guidance scale s (eps - s sigma "
+                       "grad log p(y|x_t)); with --classifier_workdir.")
 
 
 GIF_FRAMES = 40
@@ -81,11 +88,17 @@ def sample(
     out: str | None = None,
     compare: str | None = None,
     pretrained: str | None = None,
+    classifier_workdir: str | None = None,
+    classifier_scale: float = 1.0,
 ) -> dict[str, Any]:
     """Samples from ``workdir``'s newest checkpoint and writes grid, GIF and npz to ``out``.
 
     With ``compare`` (another sampler's name), also runs that sampler with the same key, so
     from the same initial noise, and writes both grids side by side to ``compare.png``.
+
+    With ``classifier_workdir``, classifier guidance of scale ``classifier_scale`` (on top of
+    CFG for a conditional model) steers each image toward its label; an unconditional model
+    then draws ``num`` images per label too.
 
     Returns {'images': uint8 (N, H, W, C), 'grid', 'gif', 'npz': paths, 'seconds': float,
     and 'compare': path when asked}.
@@ -112,9 +125,16 @@ def sample(
             config, sampler=name, steps=steps, eta=eta, guidance_scale=guidance_scale
         )
 
+    guide = None
+    if classifier_workdir:
+        classifier_setup.validate_guidance(config, sampler=sampler, scale=classifier_scale)
+        guide = classifier_setup.load_guide(classifier_workdir, config)
     model = from_config.build_model(config)
     schedule = from_config.build_schedule(config)
-    cond, ncol = _conds(model, labels=labels, context=context, num=num)
+    cond, ncol = _conds(
+        model, labels=labels, context=context, num=num,
+        guide_classes=guide.num_classes if guide else None,
+    )
     batch = num if cond is None else jax.tree.leaves(cond)[0].shape[0]
     mesh = jd_train.make_mesh()
     walked = schedule.num_timesteps if sampler in ("ddpm", "ddpm_no_noise") else steps
@@ -134,6 +154,8 @@ def sample(
             spacing=s.get("spacing"),
             clip_x0=s.get("clip_x0"),
             variance=s.get("variance"),
+            classifier_apply=guide.apply if guide else None,
+            classifier_scale=classifier_scale,
         )
 
     sample_fn = make(sampler, max(1, walked // GIF_FRAMES))
@@ -144,14 +166,15 @@ def sample(
         params, ema, step = from_config.restore_for_sampling(config, workdir, model)
     params = ema if use_ema else params
     key = jax.random.key(seed)
+    guide_params = guide.params if guide else None
 
     start = time.perf_counter()
-    compiled = sample_fn.lower(params, key, cond).compile()
+    compiled = sample_fn.lower(params, key, cond, guide_params).compile()
     compile_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    images, trajectory = jax.block_until_ready(compiled(params, key, cond))
+    images, trajectory = jax.block_until_ready(compiled(params, key, cond, guide_params))
     seconds = time.perf_counter() - start
-    other = make(compare, 0)(params, key, cond)[0] if compare else None
+    other = make(compare, 0)(params, key, cond, guide_params)[0] if compare else None
     if jax.process_count() > 1:  # every process sampled its rows; process 0 writes them all
         images, trajectory, other = multihost_utils.process_allgather(
             (images, trajectory, other), tiled=True
@@ -186,18 +209,29 @@ def sample(
             scale=scale,
         )
         print(f"wrote {result['compare']} ({sampler} | {compare}, same initial noise)")
+    guided = (
+        f", classifier_scale={classifier_scale} by {guide.workdir} (step {guide.step})"
+        if guide else ""
+    )
     print(
         f"sampled {batch} images with {sampler} ({walked} steps, guidance_scale="
-        f"{guidance_scale}, {'EMA' if use_ema else 'raw'} params of step {step}) in "
+        f"{guidance_scale}{guided}, {'EMA' if use_ema else 'raw'} params of step {step}) in "
         f"{seconds:.2f} s ({batch / seconds:.1f} images/s; compile {compile_seconds:.1f} s); "
         f"wrote {result['grid']}, {result['gif']}, {result['npz']}"
     )
     return result
 
 
-def _conds(model, *, labels: str, context: str, num: int) -> tuple[Any, int]:
-    """(cond, ncol): ``num`` images per label / context row; ncol=num keeps one per row."""
+def _conds(
+    model, *, labels: str, context: str, num: int, guide_classes: int | None = None
+) -> tuple[Any, int]:
+    """(cond, ncol): ``num`` images per label / context row; ncol=num keeps one per row.
+    ``guide_classes``: a guiding classifier's classes, the labels of an unconditional model."""
     num_classes, context_dim = from_config.cond_spec(model)
+    if guide_classes and not num_classes and not context_dim:
+        num_classes = guide_classes
+        if labels == "all":
+            labels = ",".join(map(str, range(guide_classes)))
     if context != "all" and context_dim:
         vector = _floats(context, "--context")
         if len(vector) != context_dim:
@@ -206,7 +240,9 @@ def _conds(model, *, labels: str, context: str, num: int) -> tuple[Any, int]:
             )
         return jnp.tile(jnp.asarray(vector, jnp.float32), (num, 1)), num
     if labels != "all" and not num_classes:
-        raise from_config.ConfigError("--labels needs a class-conditional model (num_classes)")
+        raise from_config.ConfigError(
+            "--labels needs a class-conditional model (num_classes) or --classifier_workdir"
+        )
     if context != "all" and not context_dim:
         raise from_config.ConfigError("--context needs a model with a context input")
     if labels == "all" or not num_classes:
@@ -218,6 +254,8 @@ def _conds(model, *, labels: str, context: str, num: int) -> tuple[Any, int]:
         raise from_config.ConfigError(
             f"--labels must be a comma list of integers or 'all', got {labels!r}"
         ) from None
+    if guide_classes:
+        num_classes = min(num_classes, guide_classes)
     bad = [x for x in chosen if not 0 <= x < num_classes]
     if bad:
         raise from_config.ConfigError(f"--labels {bad} are not in [0, {num_classes})")
@@ -257,6 +295,8 @@ def main(argv: list[str]) -> None:
             out=f.out,
             compare=f.compare,
             pretrained=f.pretrained,
+            classifier_workdir=f.classifier_workdir,
+            classifier_scale=f.classifier_scale,
         )
 
 

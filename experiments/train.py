@@ -6,9 +6,10 @@
 
 Writes to the workdir: ``checkpoints/`` (orbax; the last ``train.keep_checkpoints``),
 ``metrics.jsonl`` (one JSON line every ``train.log_every`` steps), ``tensorboard/`` (event
-files), ``samples/step_<N>.png`` (EMA-params previews; one row per class with CFG) and
-``config.json``. SIGTERM or Ctrl-C saves a checkpoint and exits (status 128 + signal);
-running the same command again continues where it stopped.
+files), ``samples/step_<N>.png`` (EMA-params previews every ``train.sample_every`` steps and
+at the last step; one row per class with CFG) and ``config.json``. SIGTERM or Ctrl-C saves a
+checkpoint and exits (status 128 + signal); running the same command again continues where
+it stopped. On CPU, a run expected to take more than an hour says so after a few steps.
 """
 
 from __future__ import annotations
@@ -23,13 +24,21 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import tqdm
 from absl import app, flags
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
-from experiments import finetune, from_config, multihost, train_health, workdir_lock
+from experiments import (
+    classifier_setup,
+    finetune,
+    from_config,
+    multihost,
+    progress,
+    train_health,
+    user_input,
+    workdir_lock,
+)
 from jaxdiff import checkpoint, distributed, optim
 from jaxdiff import train as jd_train
 
@@ -86,7 +95,7 @@ def _train(
     optimizer = finetune.build_optimizer(config)
     loss_fn = loss_fn or from_config.build_loss(config, model, schedule)
 
-    workdir = pathlib.Path(workdir)
+    workdir = user_input.check_workdir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     main_process = distributed.is_main_process()
     state_key, preview_key = jax.random.split(jax.random.key(int(config.train.seed)))
@@ -128,7 +137,11 @@ def _train(
         print(f"{workdir} is already trained for {start_step} >= train.steps={total_steps} steps")
         return state
     train_step = jd_train.make_train_step(loss_fn, optimizer, mesh, state_sharding=shardings)
-    preview = _Preview(config, model, schedule, workdir, preview_key, mesh)
+    # A classifier run (classifier guidance) previews accuracy by noise level, not samples.
+    preview_type = (
+        classifier_setup.NoiseLevelAccuracy if classifier_setup.is_classifier(config) else _Preview
+    )
+    preview = preview_type(config, model, schedule, workdir, preview_key, mesh)
     logger = _MetricLogger(workdir, start_step=start_step, write=main_process)
     health = train_health.HealthCheck(float(config.train.learning_rate), verbose=main_process)
     stop = _StopOnSignal()
@@ -142,7 +155,7 @@ def _train(
         checkpoint.save(manager, step, state=state, config=config, wait=True)
         return step
 
-    progress = tqdm.tqdm(
+    bar = progress.Progress(
         total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True,
         disable=not main_process,
     )
@@ -153,25 +166,25 @@ def _train(
                 state, metrics = train_step(state, batch)
                 step += 1
                 logger.append(metrics)  # stays on device until the next log line
-                progress.update(1)
+                bar.update(step, metrics)  # blocks once a second: the bar shows finished steps
                 done = step == total_steps
                 if step % t.log_every == 0 or done:
                     window = step - logger.step
                     record = logger.write(step, batch_size=int(config.data.batch_size))
                     health.check(record, steps=window)
-                    progress.set_postfix(
+                    bar.set_postfix(
                         loss=f"{record['loss']:.4f}",
                         steps_per_s=f"{record['steps_per_s']:.2f}",
                         images_per_s=f"{record['images_per_s']:.0f}",
                     )
-                if step % t.sample_every == 0:
+                if step % t.sample_every == 0 or done:  # a grid from every run, even short ones
                     preview.write(step, optim.ema_params(state.opt_state), logger.writer)
                 if step % t.checkpoint_every == 0 or done:
                     last_saved = save(step, state)
             if stop.signum is not None and last_saved != step:
                 save(step, state)
     finally:
-        progress.close()
+        bar.close()
         manager.close()
         logger.close()
     if stop.signum is not None:

@@ -15,9 +15,12 @@ A batch is a dict ``{'image': (B, H, W, C) float32 in [-1, 1]}`` plus optionally
 * ``make_corruption_loss``: the "diffusion from scratch" baseline of the Hugging Face
   diffusion course, unit 1 (mix the image with uniform noise, predict the clean image).
 
-Distillation (Salimans & Ho 2022, alg. 2) and noisy-classifier (Dhariwal & Nichol 2021,
-sec. 4) losses follow the same ``loss_fn(params, batch, key)`` contract; they will close
-over a frozen teacher/classifier ``apply`` and live next to these builders.
+* ``make_noisy_classifier_loss``: cross-entropy of a timestep-conditioned classifier on
+  noisy images x_t ~ q(x_t | x_0), the guiding classifier of Dhariwal & Nichol 2021, "Diffusion
+  Models Beat GANs", sec. 4 (used by ``guidance.classifier_guidance``).
+
+Distillation (Salimans & Ho 2022, alg. 2) follows the same ``loss_fn(params, batch, key)``
+contract; it closes over a frozen teacher ``apply``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxdiff import conditioning, schedules
 
@@ -153,6 +157,41 @@ def make_corruption_loss(apply_fn: ApplyFn, *, num_classes: int | None = None) -
         ).astype(jnp.float32)
         loss = jnp.mean(jnp.square(output - x))
         return loss, {"loss": loss}
+
+    return loss_fn
+
+
+def make_noisy_classifier_loss(apply_fn: ApplyFn, schedule: schedules.Schedule) -> LossFn:
+    """Cross-entropy of a noise-conditioned classifier p_phi(y | x_t, t) on noisy images
+    (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs", sec. 4: "we train a classifier
+    p_phi(y | x_t, t) on noisy images x_t").
+
+    t ~ U{0, ..., T-1} and x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4,
+    ``schedules.q_sample``) under the *diffusion run's* schedule, so the classifier sees
+    exactly the x_t a sampler of that run visits; loss = mean_i -log softmax(logits_i)[y_i].
+    ``apply_fn(variables, x_t, t, train=True)`` returns logits (B, K), e.g.
+    ``models.classifier.Classifier(num_timesteps=T).apply``; the batch needs 'image' and
+    'label' (B,) int.
+
+    Metrics: ``loss`` and ``accuracy`` (of the argmax on this batch's noisy images, all t).
+    """
+
+    def loss_fn(params: Any, batch: Batch, key: jax.Array) -> tuple[jax.Array, Metrics]:
+        x0 = _image(batch)
+        if "label" not in batch:
+            raise ValueError(
+                "the noisy-classifier loss needs labelled data: a batch with a 'label' entry "
+                f"(B,) int; got keys {sorted(batch)}"
+            )
+        labels = jnp.asarray(batch["label"], jnp.int32)
+        key_t, key_noise = jax.random.split(key)
+        t = jax.random.randint(key_t, (x0.shape[0],), 0, schedule.num_timesteps, jnp.int32)
+        noise = jax.random.normal(key_noise, x0.shape, jnp.float32)
+        x_t = schedules.q_sample(schedule, x0, t, noise)
+        logits = apply_fn({"params": params}, x_t, t, train=True).astype(jnp.float32)
+        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+        accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+        return loss, {"loss": loss, "accuracy": accuracy}
 
     return loss_fn
 

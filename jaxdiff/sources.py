@@ -432,7 +432,7 @@ def load_folder(
     labels = classes = None
     if class_folders:
         top = [p.relative_to(root).parts for p in readable]
-        loose = [p for p, parts in zip(readable, top) if len(parts) < 2]
+        loose = [p for p, parts in zip(readable, top, strict=False) if len(parts) < 2]
         if loose:
             raise ValueError(
                 f"data.class_folders=True wants every image in a class sub-folder of {root}; "

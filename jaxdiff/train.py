@@ -128,7 +128,7 @@ def bytes_per_device(tree: Any, shardings: Any) -> dict[Any, int]:
     """{device: bytes of ``tree``'s leaves (arrays or ShapeDtypeStructs) stored there} under
     ``shardings``, computed from shapes alone (works on ``jax.eval_shape`` output)."""
     totals: dict[Any, int] = {}
-    for x, sharding in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
+    for x, sharding in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=False):
         itemsize = np.dtype(x.dtype).itemsize if not jax.dtypes.issubdtype(
             x.dtype, jax.dtypes.prng_key) else 8
         shard = sharding.shard_shape(tuple(x.shape))

@@ -6,9 +6,9 @@ import pathlib
 
 import numpy as np
 import pytest
+from test_checkpoint import assert_trees_equal, toy_config, toy_state
 
 from jaxdiff import checkpoint, integrity
-from test_checkpoint import assert_trees_equal, toy_config, toy_state
 
 
 def two_steps(tmp_path, keep=2):

@@ -114,6 +114,7 @@ def test_stop_and_resume_gives_the_same_loss_curve(trained, tmp_path):
     config = tiny_config()
     config.train.steps = 4  # stops between two checkpoints: resumes from its final save
     train.train_and_evaluate(config, str(tmp_path))
+    assert (tmp_path / "samples" / "step_0000004.png").exists()  # < sample_every: still a grid
     config.train.steps = 6
     train.train_and_evaluate(config, str(tmp_path))
     resumed, straight = losses(tmp_path), losses(trained)
@@ -235,7 +236,8 @@ def test_unknown_config_field_on_the_command_line(tmp_path):
         result.stderr.strip()
         .splitlines()[-1]
         .startswith(
-            "error: --config.train.stepz: the config has no field 'stepz' (did you mean 'steps'?)"
+            "error: --config.train.stepz: the config has no field 'train.stepz' "
+            "(did you mean --config.train.steps?)"
         )
     )
     assert "Traceback" not in result.stderr

@@ -56,7 +56,7 @@ def test_sigkill_at_random_steps_resumes_bit_identically(tmp_path):
     assert "Traceback" not in err
 
     assert losses(killed) == losses(straight)  # every logged step, exactly
-    for a, b in zip(final_params(killed), final_params(straight)):
+    for a, b in zip(final_params(killed), final_params(straight), strict=False):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 

@@ -216,3 +216,20 @@ def test_sweep_settings():
     ]
     with pytest.raises(from_config.ConfigError, match="exceed"):
         evaluate._settings(config, ["ddim"], [T + 1], [0], conditional=True)
+
+
+def test_default_sweep_is_quick_and_full_is_behind_a_flag():
+    from configs import digits as digits_config
+    from configs import digits_uncond
+    from experiments import evaluate
+
+    config = digits_config.get_config()
+    # The run's own preview sampler and steps, unguided and at its guidance scale.
+    assert evaluate.default_sweep(config) == {
+        "samplers": ("ddim",), "steps": (50,), "guidance": (0.0, 2.0)
+    }
+    assert evaluate.default_sweep(digits_uncond.get_config())["guidance"] == (0.0,)
+    full = evaluate.default_sweep(config, full=True)
+    grid = evaluate._settings(config, full["samplers"], full["steps"], full["guidance"],
+                              conditional=True)
+    assert len(grid) == 20  # DDPM at T x 4 scales + DDIM at 4 step counts x 4 scales

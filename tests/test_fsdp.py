@@ -77,7 +77,7 @@ def test_fsdp_gives_the_data_parallel_losses(fsdp_run):
     dp, fsdp = out["1"], out["4"]
     np.testing.assert_allclose(fsdp["losses"], dp["losses"], rtol=2e-6)
     assert len(set(np.round(dp["losses"], 5))) == 3  # the loss does change
-    for a, b in zip(fsdp["params"], dp["params"]):
+    for a, b in zip(fsdp["params"], dp["params"], strict=False):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
 
 
@@ -106,7 +106,7 @@ def test_fsdp_checkpoint_restores_on_one_device(fsdp_run):
     assert step == 3
     out, _ = fsdp_run
     leaves = jax.tree.leaves(params)
-    for got, want in zip(leaves, out["4"]["params"]):
+    for got, want in zip(leaves, out["4"]["params"], strict=False):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 

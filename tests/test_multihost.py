@@ -55,7 +55,7 @@ def runs(tmp_path_factory):
         for i in range(2)
     ]
     outputs = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, outputs):
+    for p, (_, err) in zip(procs, outputs, strict=False):
         assert p.returncode == 0, err[-3000:]
     return tmp, [err for _, err in outputs]
 
@@ -68,7 +68,7 @@ def test_two_processes_match_one_process_step_by_step(runs):
     tmp, _ = runs
     one, two = metrics(tmp / "1x4"), metrics(tmp / "2x2")
     assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(1, STEPS + 1))
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=False):
         assert abs(a["loss"] - b["loss"]) <= 1e-6, (a["step"], a["loss"], b["loss"])
     assert len({round(r["loss"], 5) for r in one}) == STEPS  # the loss does change
 
@@ -84,7 +84,7 @@ def test_same_final_params(runs):
     # Float tolerance: the all-reduce adds in another order over gloo, and Adam divides by
     # sqrt(v), so where a gradient is ~1e-8 that noise moves the update by up to ~1% of the
     # learning rate (1e-3); everywhere else the params agree to float32 precision.
-    for x, y in zip(jax.tree.leaves((a, ema_a)), jax.tree.leaves((b, ema_b))):
+    for x, y in zip(jax.tree.leaves((a, ema_a)), jax.tree.leaves((b, ema_b)), strict=False):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=3e-5)
         assert np.mean(np.abs(np.asarray(x) - np.asarray(y)) <= 1e-6) > 0.99
 

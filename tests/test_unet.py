@@ -283,3 +283,22 @@ def test_user_errors():
         param_shapes(UNet(**{**TINY, "norm_num_groups": 3}), x)
     with pytest.raises(ValueError, match="divisible"):
         param_shapes(UNet(**{**TINY, "block_out_channels": (8, 8, 8, 8)}), x[:, :6, :6])
+
+
+def test_remat_gives_same_gradients():
+    """remat recomputes every resnet/attention block in the backward pass: the jaxpr has
+    remat in it, and the gradients are those of the plain model."""
+    x = images(1)
+    plain = UNet(**TINY, num_classes=3)
+    params = random_params(param_shapes(plain, x))
+
+    def grads(model):
+        def loss(p):
+            return jnp.mean(model.apply({"params": p}, x, T, jnp.array([0, 3])) ** 2)
+
+        assert ("remat" in str(jax.make_jaxpr(jax.grad(loss))(params))) == model.remat
+        return jax.jit(jax.grad(loss))(params)
+
+    for a, b in zip(jax.tree.leaves(grads(plain)), jax.tree.leaves(grads(plain.clone(remat=True))),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

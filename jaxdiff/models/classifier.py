@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 
 class Classifier(nn.Module):
-    """CNN classifier; ``apply(variables, x, t=None, return_features=...)``.
+    """CNN classifier; ``apply(variables, x, t=None, cond=None, return_features=...)``.
 
     Attributes:
       num_classes: number of logits.
@@ -57,6 +57,7 @@ class Classifier(nn.Module):
         self,
         x: jax.Array,
         t: jax.Array | None = None,
+        cond: Any = None,
         *,
         train: bool = False,
         return_features: bool = False,
@@ -66,6 +67,8 @@ class Classifier(nn.Module):
         Args:
           x: (B, H, W, C) float32 images in [-1, 1] (noisy x_t for a noise-conditioned model).
           t: (B,) int32 timesteps; required iff ``num_timesteps`` is set.
+          cond: must be None; there so that the model call contract ``apply(variables, x_t,
+            t, cond)`` (used by experiments.train's init and restore) fits the classifier.
           train: unused (no dropout or batch statistics); kept for the model call contract.
           return_features: also return the penultimate features.
 
@@ -74,6 +77,8 @@ class Classifier(nn.Module):
           all float32.
         """
         del train
+        if cond is not None:
+            raise ValueError("Classifier takes no condition; call it with cond=None")
         if (self.num_timesteps is None) != (t is None):
             raise ValueError(
                 "Classifier: pass the timesteps t exactly when num_timesteps is set "
