@@ -73,6 +73,9 @@ _CLASSIFIER_STEPS = flags.DEFINE_integer("classifier_steps", 1000, "Classifier t
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Feature-classifier cache (default "
                                  "<workdir>/feature_classifier).")
 _USE_EMA = flags.DEFINE_bool("use_ema", True, "Sample with the EMA params.")
+_SPACING = flags.DEFINE_enum("spacing", None, ["linspace", "trailing"], "Timestep grid of ddim "
+                             "and dpm_solver_pp (default: config.sample.spacing, else each "
+                             "sampler's own).")
 _CLASSIFIER_WORKDIR = flags.DEFINE_string(
     "classifier_workdir", None, "A noise-conditioned classifier run that guides the samples.")
 _CLASSIFIER_SCALES = flags.DEFINE_list(
@@ -112,6 +115,7 @@ def evaluate(
     classifier_steps: int = 1000,
     cache_dir: str | pathlib.Path | None = None,
     use_ema: bool = True,
+    spacing: str | None = None,
     classifier_workdir: str | pathlib.Path | None = None,
     classifier_scales: Sequence[float] = (0.0,),
 ) -> dict[str, Any]:
@@ -151,6 +155,7 @@ def evaluate(
     ]
     # Guided by a classifier, an unconditional model's samples have target labels too.
     conditional = conditional or guide is not None
+    spacing = spacing or config.sample.get("spacing")
 
     # Real images: classifier-training part and held-out part (accuracy + FID reference).
     split = split or config.data.get("split") or "train"
@@ -193,6 +198,7 @@ def evaluate(
                 eta=float(config.sample.eta), guidance_scale=scale,
                 prediction=config.diffusion.prediction,
                 shape=from_config.image_shape(config, batch=min(batch_size, n)),
+                spacing=spacing,
                 classifier_apply=guide.apply if guide else None,
                 classifier_scale=classifier_scale,
             )
@@ -223,6 +229,7 @@ def evaluate(
         "data": {"source": config.data.source, "name": config.data.get("name"), "split": split},
         "num_timesteps": int(schedule.num_timesteps),
         "num_samples": n,
+        "spacing": spacing,
         "seed": seed,
         "classifier": {
             "heldout_accuracy": c_accuracy,
@@ -446,8 +453,8 @@ def main(argv: list[str]) -> None:
             num=_NUM.value, batch_size=_BATCH.value, seed=_SEED.value, split=_SPLIT.value,
             max_real=_MAX_REAL.value, holdout=_HOLDOUT.value,
             classifier_steps=_CLASSIFIER_STEPS.value, cache_dir=_CACHE_DIR.value,
-            use_ema=_USE_EMA.value, classifier_workdir=_CLASSIFIER_WORKDIR.value,
-            classifier_scales=classifier_scales,
+            use_ema=_USE_EMA.value, spacing=_SPACING.value,
+            classifier_workdir=_CLASSIFIER_WORKDIR.value, classifier_scales=classifier_scales,
         )
         print((pathlib.Path(_WORKDIR.value) / "eval.md").read_text())
 

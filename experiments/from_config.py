@@ -27,7 +27,8 @@ from jaxdiff import train as jd_train
 
 SCHEDULES = ("linear", "cosine", "scaled_linear")
 LOSSES = ("denoising", "corruption", "noisy_classifier")
-SAMPLERS = ("ddpm", "ddpm_no_noise", "ddim", "corruption")
+SAMPLERS = ("ddpm", "ddpm_no_noise", "ddim", "dpm_solver_pp", "corruption")
+STRIDED = ("ddim", "dpm_solver_pp")  # samplers that take num_steps <= T and a grid spacing
 
 
 class ConfigError(ValueError):
@@ -141,10 +142,14 @@ def validate_sampling(
         )
     if int(steps) < 1:
         raise ConfigError(f"sample steps must be >= 1, got {steps}")
-    if sampler == "ddim" and int(steps) > int(config.diffusion.num_timesteps):
+    if sampler in STRIDED and int(steps) > int(config.diffusion.num_timesteps):
         raise ConfigError(
-            f"ddim steps={steps} exceed diffusion.num_timesteps={config.diffusion.num_timesteps}"
+            f"{sampler} steps={steps} exceed diffusion.num_timesteps="
+            f"{config.diffusion.num_timesteps}"
         )
+    spacing = config.sample.get("spacing")
+    if spacing is not None and spacing not in ("linspace", "trailing"):
+        raise ConfigError(f"sample.spacing must be 'linspace' or 'trailing', got {spacing!r}")
     if eta < 0:
         raise ConfigError(f"eta must be >= 0, got {eta}")
     if guidance_scale < 0:
@@ -328,6 +333,7 @@ def make_sample_fn(
     shape: tuple[int, ...],
     keep_every: int = 0,
     mesh: jax.sharding.Mesh | None = None,
+    spacing: str | None = None,
     clip_x0: bool | None = None,
     variance: str | None = None,
     classifier_apply: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None,
@@ -335,6 +341,9 @@ def make_sample_fn(
 ) -> Callable[..., tuple[jax.Array, jax.Array | None]]:
     """``sample(params, key, cond, classifier_params=None) -> (images (B,H,W,C) in [-1,1],
     trajectory)``, jitted.
+
+    ``spacing`` ("linspace" | "trailing", ``samplers.timestep_grid``) is the timestep grid of
+    ddim and dpm_solver_pp; None keeps each sampler's default.
 
     params and cond are arguments, not constants baked into the program, so one compile
     serves every checkpoint (the train loop's previews) and every label set. With
@@ -349,8 +358,12 @@ def make_sample_fn(
     # ddpm and ddpm_no_noise walk all T steps; ddim strides over ``steps`` of them; the
     # corruption baseline's model predicts the clean image, whatever the config says.
     options: dict[str, Any] = {"keep_every": keep_every, "prediction": prediction, "mesh": mesh}
+    if sampler in STRIDED:
+        options.update(num_steps=int(steps))
+        if spacing is not None:
+            options.update(spacing=spacing)
     if sampler == "ddim":
-        options.update(num_steps=int(steps), eta=float(eta))
+        options.update(eta=float(eta))
     elif sampler == "corruption":
         options.update(num_steps=int(steps), prediction="x0")
     if clip_x0 is not None and sampler != "corruption":  # a pretrained scheduler's choices

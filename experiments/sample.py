@@ -4,6 +4,7 @@
     python -m experiments.sample --workdir runs/digits --sampler ddpm --guidance_scale 3 \\
         --labels 3,5,8 --num 10
     python -m experiments.sample --workdir runs/sprites --context 0,0,1,0,0
+    python -m experiments.sample --workdir runs/digits_pd --steps 4   # a distilled student
     python -m experiments.sample --pretrained ddpm-celebahq-256 --sampler ddim --steps 50
     python -m experiments.sample --workdir runs/digits_uncond --classifier_workdir \
         runs/digits_clf --classifier_scale 3 --labels 0,1,2
@@ -36,7 +37,14 @@ import numpy as np
 from absl import app, flags
 from jax.experimental import multihost_utils
 
-from experiments import classifier_setup, controlnet_setup, finetune, from_config, multihost
+from experiments import (
+    classifier_setup,
+    controlnet_setup,
+    distill,
+    finetune,
+    from_config,
+    multihost,
+)
 from jaxdiff import distributed, viz
 from jaxdiff import train as jd_train
 
@@ -124,6 +132,8 @@ def sample(
         config, pretrained_params = finetune.pretrained_run(pretrained, common.base_config())
         workdir = workdir or f"pretrained_{pathlib.Path(pretrained).resolve().name}"
     else:
+        # A distillation workdir names its students by step count (experiments/distill.py).
+        workdir, steps = distill.student_for_sampling(workdir, steps)
         config = from_config.load_run_config(workdir)
     s = config.sample
     sampler = sampler or s.sampler
@@ -174,6 +184,7 @@ def sample(
             shape=from_config.image_shape(config, batch=batch),
             keep_every=keep_every,
             mesh=mesh if batch % mesh.size == 0 else None,
+            spacing=s.get("spacing"),
             clip_x0=s.get("clip_x0"),
             variance=s.get("variance"),
             classifier_apply=guide.apply if guide else None,

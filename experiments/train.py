@@ -62,22 +62,33 @@ class TrainingInterrupted(Exception):
         self.signum, self.step = signum, step
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> jd_train.TrainState:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    loss_fn: Any = None,
+    init_params: Any = None,
+    desc: str = "train",
+) -> jd_train.TrainState:
     """Trains for ``config.train.steps`` steps in total (resuming), previewing and saving.
 
-    Returns the final TrainState. Raises ConfigError (bad config), CheckpointMismatchError
-    (the workdir holds another model), CheckpointDamagedError (no intact checkpoint),
-    WorkdirBusyError (another run holds the workdir), FileNotFoundError (missing data) before
-    any step, TrainingDivergedError (a whole log window of non-finite steps),
-    CheckpointSaveError (disk full), and TrainingInterrupted after saving when
+    ``loss_fn`` replaces the config's loss and ``init_params`` the random initialisation
+    (experiments/distill.py: a student starts as a copy of its teacher); ``desc`` names the
+    progress bar. Returns the final TrainState. Raises ConfigError (bad config),
+    CheckpointMismatchError (the workdir holds another model), CheckpointDamagedError (no
+    intact checkpoint), WorkdirBusyError (another run holds the workdir), FileNotFoundError
+    (missing data) before any step, TrainingDivergedError (a whole log window of non-finite
+    steps), CheckpointSaveError (disk full), and TrainingInterrupted after saving when
     SIGTERM/SIGINT arrives.
     """
     workdir = user_input.check_workdir(workdir)  # before the lock file is made in it
     with workdir_lock.hold(workdir):
-        return _train(config, workdir)
+        return _train(config, workdir, loss_fn=loss_fn, init_params=init_params, desc=desc)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str) -> jd_train.TrainState:
+def _train(
+    config: ml_collections.ConfigDict, workdir: str, *, loss_fn: Any, init_params: Any, desc: str
+) -> jd_train.TrainState:
     mesh = from_config.build_mesh(config)
     config = finetune.resolve(config)  # init_from: the pretrained model's settings
     from_config.validate_config(config, num_devices=mesh.size)
@@ -86,11 +97,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> jd_train.TrainSta
     if controlnet_setup.enabled(config):  # the base frozen, only the ControlNet trained
         controlnet_setup.validate(config)
         model = controlnet_setup.build_model(config, workdir, for_training=True)
-        loss_fn = controlnet_setup.build_loss(config, model, schedule)
+        loss_fn = loss_fn or controlnet_setup.build_loss(config, model, schedule)
         build_data = controlnet_setup.build_data
     else:
         model = from_config.build_model(config)
-        loss_fn = from_config.build_loss(config, model, schedule)
+        loss_fn = loss_fn or from_config.build_loss(config, model, schedule)
         build_data = from_config.build_data
 
     workdir = pathlib.Path(workdir)
@@ -118,7 +129,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> jd_train.TrainSta
             print(f"resuming from the checkpoint of step {start_step} in {workdir}",
                   file=sys.stderr)
     else:
-        if config.get("init_from"):  # pretrained params, read on the host
+        if init_params is not None:  # the rng a fresh init_state would draw
+            state = jd_train.put_global(jd_train.create_train_state(
+                init_params, optimizer, jax.random.split(state_key)[1]), shardings)
+        elif config.get("init_from"):  # pretrained params, read on the host
             state = jd_train.put_global(
                 finetune.init_state(config, model, optimizer, state_key), shardings
             )
@@ -151,7 +165,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> jd_train.TrainSta
         return step
 
     bar = progress.Progress(
-        total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+        total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True,
         disable=not main_process,
     )
     try:
@@ -307,6 +321,7 @@ class _Preview:
             guidance_scale=float(s.guidance_scale),
             prediction=config.diffusion.prediction,
             shape=from_config.image_shape(config, batch=num),
+            spacing=s.get("spacing"),
             # Data-parallel over the devices when the grid splits evenly over them.
             mesh=mesh if num % mesh.size == 0 else None,
         )

@@ -16,6 +16,8 @@ import importlib
 
 from jaxdiff import (
     conditioning,
+    distillation,
+    dpm_solver,
     guidance,
     losses,
     models,
@@ -30,6 +32,8 @@ _LAZY = ("data", "sources", "checkpoint", "evaluation", "pretrained")
 
 __all__ = [
     "conditioning",
+    "distillation",
+    "dpm_solver",
     "guidance",
     "losses",
     "models",

@@ -20,6 +20,8 @@ noise added at timestep t is ``normal(fold_in(step_key, t))``. Folding in t (not
 index) gives DDPM and full-length DDIM the same noise stream, and the same seed the same
 samples on 1 device or N.
 
+DPM-Solver++ (``dpm_solver_pp``) lives in ``jaxdiff.dpm_solver`` and is importable from here.
+
 Callers jit with params as an argument so they are not baked in as constants:
 ``jax.jit(lambda params, key: ddim(make_denoise(params), schedule, key, shape))``.
 """
@@ -41,6 +43,41 @@ from jaxdiff.schedules import Schedule
 
 DenoiseFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 Result = tuple[jax.Array, jax.Array | None]
+Spacing = Literal["linspace", "trailing"]
+SPACINGS = ("linspace", "trailing")
+
+
+def timestep_grid(
+    num_timesteps: int, num_steps: int, spacing: Spacing = "linspace"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (ts, ts_prev) int32 lists of a strided sampler: step i goes from ts[i] to ts_prev[i],
+    and ts_prev = -1 after the last step means "to the clean image" (alpha_bar = 1).
+
+    * "linspace": ts = round(linspace(T-1, 0, num_steps)), DDIM's even spacing that ends at 0.
+    * "trailing": ts = round(arange(T, 0, -T/num_steps)) - 1 (Lin et al. 2024, "Common
+      Diffusion Noise Schedules and Sample Steps are Flawed", table 2): starts at T-1, and
+      when num_steps divides T the grids of N and 2N steps nest, as progressive
+      distillation needs (Salimans & Ho 2022, alg. 2).
+
+    Both are the full walk T-1, ..., 0 at num_steps = T. Built at trace time (static).
+    """
+    T, num_steps = int(num_timesteps), int(num_steps)
+    if not 1 <= num_steps <= T:
+        raise ValueError(f"num_steps must be between 1 and the schedule's T={T}, got {num_steps}")
+    if spacing == "linspace":
+        ts = np.round(np.linspace(T - 1, 0, num_steps))
+    elif spacing == "trailing":
+        ts = np.round(np.arange(T, 0, -T / num_steps))[:num_steps] - 1
+    else:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    ts = ts.astype(np.int32)
+    return ts, np.append(ts[1:], -1).astype(np.int32)
+
+
+def alpha_bar_at(schedule: Schedule, t: jax.Array) -> jax.Array:
+    """alpha_bar_t, with alpha_bar = 1 at t = -1 (the clean image a grid ends on)."""
+    t = jnp.asarray(t, jnp.int32)
+    return jnp.where(t >= 0, schedule.alpha_bars[jnp.maximum(t, 0)], 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,6 +261,7 @@ def ddim(
     num_steps: int | None = None,
     eta: float = 0.0,
     clip_x0: bool = True,
+    spacing: Spacing = "linspace",
     initial_noise: jax.Array | None = None,
     mesh: Mesh | None = None,
 ) -> Result:
@@ -232,8 +270,9 @@ def ddim(
     x_{t-1} = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z,
     sigma = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev),
 
-    over ``num_steps`` timesteps evenly spaced from T-1 down to 0 (rounded linspace; default
-    all T), where "prev" is the next timestep in that list (ab_prev = 1 after t = 0).
+    over ``num_steps`` timesteps (default all T) of ``timestep_grid``: evenly spaced from T-1
+    down to 0 ("linspace"), or down to T/num_steps - 1 ("trailing", the grid of progressive
+    distillation); "prev" is the next timestep in that list (ab_prev = 1 after the last).
     eta = 0 is deterministic given x_T; eta = 1 with num_steps = T is DDPM with posterior
     variance, on the same noise stream as ``ddpm``. With ``clip_x0`` the eps used in eq. 12
     is recomputed from the clipped x0, so the step stays consistent with x_t (as diffusers).
@@ -241,16 +280,10 @@ def ddim(
     schedules.check_prediction(prediction)
     T = schedule.num_timesteps
     num_steps = T if num_steps is None else int(num_steps)
-    if not 1 <= num_steps <= T:
-        raise ValueError(
-            f"ddim num_steps must be between 1 and the schedule's T={T}, got {num_steps}"
-        )
     static_eta = isinstance(eta, (int, float))  # a traced eta (e.g. a sweep) is allowed too
     if static_eta and eta < 0:
         raise ValueError(f"ddim eta must be >= 0 (0 deterministic, 1 DDPM-like), got {eta}")
-    # Static timestep lists, built at trace time; num_steps <= T keeps them distinct.
-    ts = np.round(np.linspace(T - 1, 0, num_steps)).astype(np.int32)
-    ts_prev = np.append(ts[1:], -1).astype(np.int32)
+    ts, ts_prev = timestep_grid(T, num_steps, spacing)
     init_key, step_key = jax.random.split(key)
     x_init = _initial(init_key, shape, initial_noise)
 
@@ -261,8 +294,7 @@ def ddim(
             schedule, x, t_batch, denoise_fn(x, t_batch, cond), prediction
         )
         ab = schedule.alpha_bars[t].astype(x.dtype)
-        ab_prev = jnp.where(t_prev >= 0, schedule.alpha_bars[jnp.maximum(t_prev, 0)], 1.0)
-        ab_prev = ab_prev.astype(x.dtype)
+        ab_prev = alpha_bar_at(schedule, t_prev).astype(x.dtype)
         if clip_x0:
             x0 = jnp.clip(x0, -1.0, 1.0)
             eps = (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
@@ -330,8 +362,13 @@ def corruption(
 # ---------------------------------------------------------------------------------------------
 
 
-def _scan(step, x_init, xs, *, num_steps: int, keep_every: int, mesh: Mesh | None) -> Result:
+def _scan(
+    step, x_init, xs, *, num_steps: int, keep_every: int, mesh: Mesh | None, aux_init=None
+) -> Result:
     """Runs ``x = step(x, xs[i])`` for i < num_steps as ONE lax.scan, keeping a trajectory.
+
+    With ``aux_init`` (a batch-first array a multistep solver carries, e.g. the previous
+    model output) the step is ``(x, aux) = step(x, aux, xs[i])`` instead.
 
     The trajectory is a preallocated (num_kept, *shape) buffer in the carry rather than
     scan's stacked outputs, which would hold all num_steps frames (1000 x batch for DDPM).
@@ -352,15 +389,21 @@ def _scan(step, x_init, xs, *, num_steps: int, keep_every: int, mesh: Mesh | Non
         )
 
     def body(carry, inputs):
-        x, buffer = carry
+        x, aux, buffer = carry
         i, step_input = inputs
-        x = constrain(step(x, step_input).astype(x_init.dtype))
+        if aux is None:
+            x = step(x, step_input)
+        else:
+            x, aux = step(x, aux, step_input)
+            aux = constrain(aux.astype(aux_init.dtype))
+        x = constrain(x.astype(x_init.dtype))
         if buffer is not None:
             buffer = jax.lax.dynamic_update_index_in_dim(buffer, x, i // keep_every, axis=0)
-        return (x, buffer), None
+        return (x, aux, buffer), None
 
+    aux_init = None if aux_init is None else constrain(aux_init)
     indices = jnp.arange(num_steps, dtype=jnp.int32)
-    (x, buffer), _ = jax.lax.scan(body, (x_init, buffer), (indices, xs))
+    (x, _, buffer), _ = jax.lax.scan(body, (x_init, aux_init, buffer), (indices, xs))
     return x, buffer
 
 
@@ -404,3 +447,12 @@ def _alpha_bar_prev(schedule: Schedule, t, dtype):
     """alpha_bar_{t-1}, with alpha_bar = 1 before the first step (t = 0)."""
     t = jnp.asarray(t, jnp.int32)
     return jnp.where(t > 0, schedule.alpha_bars[jnp.maximum(t - 1, 0)], 1.0).astype(dtype)
+
+
+def __getattr__(name: str):
+    # dpm_solver.py builds on this module's machinery, so it is imported on first use here.
+    if name == "dpm_solver_pp":
+        from jaxdiff.dpm_solver import dpm_solver_pp
+
+        return dpm_solver_pp
+    raise AttributeError(f"module 'jaxdiff.samplers' has no attribute {name!r}")

@@ -299,7 +299,8 @@ SHARDED_SCRIPT = textwrap.dedent(
     sched = schedules.linear(20)
     fn = lambda x, t, c: 0.5 * jnp.tanh(x) + 0.01 * t[:, None, None, None]
     key = jax.random.key(0)
-    for name, kw in [("ddpm", {}), ("ddim", {"num_steps": 5, "eta": 0.5})]:
+    for name, kw in [("ddpm", {}), ("ddim", {"num_steps": 5, "eta": 0.5}),
+                     ("dpm_solver_pp", {"num_steps": 5})]:
         sampler = getattr(samplers, name)
         run = jax.jit(lambda k, m: sampler(fn, sched, k, (8, 4, 4, 1), keep_every=2, mesh=m, **kw),
                       static_argnums=1)

@@ -1,0 +1,118 @@
+"""End-to-end: experiments/distill.py on a tiny digits teacher (8x8, T=16, v-prediction):
+rounds 4 -> 2 -> 1 steps, a kill mid-round resumes bit-identically, students sample at their
+own step count only. The runs are marked slow (a teacher, two rounds, and a resumed copy)."""
+
+import importlib
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from configs import digits_distill
+from experiments import distill, from_config, sample, train
+from jaxdiff import checkpoint
+from test_cli import compile_cache, tiny_config  # noqa: F401  (compile_cache: autouse fixture)
+
+
+def tiny_distill_config(teacher_workdir):
+    config = digits_distill.get_config()
+    config.data.update(resize_to=None, image_size=8, batch_size=8)
+    config.distill.update(teacher_workdir=str(teacher_workdir), start_steps=4)
+    config.train.update(steps=4, log_every=1, sample_every=4, checkpoint_every=2)
+    config.sample.num = 1
+    return config
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("teacher")
+    config = tiny_config()
+    config.diffusion.update(prediction="v", num_timesteps=16)
+    config.train.steps = 2
+    train.train_and_evaluate(config, str(workdir))
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def distilled(teacher, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("distilled")
+    distill.distill(tiny_distill_config(teacher), str(workdir))
+    return workdir
+
+
+def final_state(workdir):
+    config = from_config.load_run_config(workdir)
+    model = from_config.build_model(config)
+    return from_config.restore_for_sampling(config, str(workdir), model)
+
+
+@pytest.mark.slow
+def test_rounds_write_students_grids_and_timings(distilled):
+    rounds = json.loads((distilled / "distill.json").read_text())["rounds"]
+    assert [r["student_steps"] for r in rounds] == [2, 1]
+    assert all(r["seconds"] > 0 and r["train_steps"] == 4 for r in rounds)
+    for n in (2, 1):
+        student = distilled / f"steps_{n:03d}"
+        assert (student / "samples" / "step_0000004.png").exists()
+        assert list(checkpoint.make_manager(student, read_only=True).all_steps()) == [2, 4]
+        saved = from_config.load_run_config(student)
+        assert saved.distill.student_steps == n and saved.sample.steps == n
+        assert saved.sample.spacing == "trailing" and saved.sample.guidance_scale == 0
+        assert saved.diffusion.num_timesteps == 16 and saved.diffusion.prediction == "v"
+    # Round 2 starts from round 1's EMA params, so its students differ from the teacher's.
+    params_2, _, _ = final_state(distilled / "steps_002")
+    params_1, _, _ = final_state(distilled / "steps_001")
+    assert any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), params_2, params_1)))
+
+
+@pytest.mark.slow
+def test_kill_mid_round_resumes_bit_identically(distilled, teacher, tmp_path):
+    """What SIGKILL in round 2 after its step-2 save leaves: round 1 finished, round 2's newest
+    checkpoint at step 2. Running again must give the uninterrupted run's bits."""
+    killed = tmp_path / "killed"
+    shutil.copytree(distilled, killed)
+    shutil.rmtree(checkpoint.checkpoint_dir(killed / "steps_001") / "4")
+    marker = json.loads((killed / "distill.json").read_text())
+    marker["rounds"] = marker["rounds"][:1]
+    (killed / "distill.json").write_text(json.dumps(marker))
+    assert final_state(killed / "steps_001")[2] == 2
+    distill.distill(tiny_distill_config(teacher), str(killed))
+    for n in (2, 1):
+        straight, resumed = final_state(distilled / f"steps_{n:03d}"), final_state(
+            killed / f"steps_{n:03d}"
+        )
+        assert resumed[2] == straight[2] == 4
+        jax.tree.map(np.testing.assert_array_equal, resumed[:2], straight[:2])
+    # The same loss curve too (metrics.jsonl without its timing fields).
+    curve = lambda w: [
+        {k: v for k, v in json.loads(line).items() if "per_s" not in k}
+        for line in (w / "steps_001" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert len(curve(killed)) == 4 and curve(killed) == curve(distilled)
+
+
+@pytest.mark.slow
+def test_sample_a_student_at_its_step_count(distilled, tmp_path):
+    result = sample.sample(str(distilled), steps=1, num=1, out=str(tmp_path / "one"))
+    assert result["images"].shape == (10, 8, 8, 1)
+    with pytest.raises(from_config.ConfigError, match=r"students for \[2, 1\] steps"):
+        sample.sample(str(distilled), steps=3)
+    with pytest.raises(from_config.ConfigError, match="2-step distilled student"):
+        sample.sample(str(distilled / "steps_002"), steps=4)
+
+
+def test_round_steps_halve_to_one_and_must_nest():
+    assert distill.round_steps(16, 256) == [8, 4, 2, 1]
+    for bad in (6, 1, 512):
+        with pytest.raises(from_config.ConfigError, match="power of two"):
+            distill.round_steps(bad, 256)
+
+
+@pytest.mark.parametrize("name", ["digits_v", "mnist_v"])
+def test_teacher_configs_have_nesting_grids(name):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    from_config.validate_config(config, num_devices=1)
+    assert config.diffusion.prediction == "v" and config.diffusion.schedule == "cosine"
+    assert distill.round_steps(128, config.diffusion.num_timesteps) == [64, 32, 16, 8, 4, 2, 1]
