@@ -95,9 +95,13 @@ def test_command_line_overrides():
     [
         (
             "--config.train.stepz=3",
-            "--config.train.stepz: the config has no field 'stepz' (did you mean 'steps'?)",
+            "--config.train.stepz: the config has no field 'train.stepz' (did you mean "
+            "--config.train.steps?)",
         ),
-        ("--config.trainn.steps=3", "the config has no field 'trainn' (did you mean 'train'?)"),
+        (
+            "--config.trainn.steps=3",
+            "the config has no field 'trainn.steps' (did you mean --config.train.steps?)",
+        ),
         ("--config.train.steps=abc", "--config.train.steps=abc: invalid literal for int()"),
     ],
 )

@@ -9,11 +9,11 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from test_cli import compile_cache, tiny_config  # noqa: F401  (compile_cache: autouse fixture)
 
 from configs import digits_distill
 from experiments import distill, from_config, sample, train
 from jaxdiff import checkpoint
-from test_cli import compile_cache, tiny_config  # noqa: F401  (compile_cache: autouse fixture)
 
 
 def tiny_distill_config(teacher_workdir):

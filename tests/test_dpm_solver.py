@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_samplers import SCHED, SHAPE, count_scans, fake_eps, point_oracle
 
 from jaxdiff import samplers, schedules
-from test_samplers import SCHED, SHAPE, count_scans, fake_eps, point_oracle
 
 COSINE = schedules.cosine(256)
 MU, STD = 0.3, 0.5  # the Gaussian law N(MU, STD^2) per pixel
