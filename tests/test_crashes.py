@@ -46,7 +46,7 @@ def test_sigkill_at_random_steps_resumes_bit_identically(tmp_path):
     for _ in range(2):  # two kills, each at a random step past the last one seen
         seen = len(losses(killed)) if (killed / "metrics.jsonl").exists() else 0
         process = launch(tmp_path, killed, "--config.train.checkpoint_every=2")
-        wait_for_steps(process, killed, min(seen + rng.randint(1, 4), STEPS - 1))
+        wait_for_steps(process, killed, min(seen + rng.randint(1, 4), STEPS - 1), timeout=900)
         process.kill()
         process.communicate(timeout=60)
     process = launch(tmp_path, killed, "--config.train.checkpoint_every=2",
