@@ -13,6 +13,7 @@ running the same command again continues where it stopped.
 
 from __future__ import annotations
 
+import errno
 import json
 import pathlib
 import signal
@@ -304,6 +305,11 @@ def main(argv: list[str]) -> None:
             )
         try:
             train_and_evaluate(config, workdir)
+        except OSError as e:  # a full disk outside a save (logs, TensorBoard): same advice
+            if e.errno != errno.ENOSPC or isinstance(e, checkpoint.CheckpointSaveError):
+                raise
+            newest = checkpoint.make_manager(workdir, read_only=True).latest_step()
+            raise checkpoint.disk_full_error(f"writing {e.filename or workdir}", newest=newest)
         except TrainingInterrupted as e:
             print(
                 f"{e}; checkpoint saved in {workdir}, run the same command to resume",

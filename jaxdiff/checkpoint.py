@@ -129,15 +129,23 @@ def save(
         # Orbax's threads leave futures whose errors asyncio would log at exit.
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         kept = [s for s in manager.all_steps() if s != int(step)]
-        newest = f"step {max(kept)}" if kept else "none yet"
-        failed = CheckpointSaveError(
-            f"disk full while saving the checkpoint of step {step} in {manager.directory}; "
-            f"nothing was lost: the newest complete checkpoint ({newest}) is intact. Free "
-            "some space and run the same command again to resume from it"
-        )
-        failed.errno = errno.ENOSPC
-        raise failed from error
+        raise disk_full_error(
+            f"saving the checkpoint of step {step} in {manager.directory}",
+            newest=max(kept) if kept else None,
+        ) from error
     held.release()
+
+
+def disk_full_error(doing: str, *, newest: int | None) -> CheckpointSaveError:
+    """The one-line report of a full disk: checkpoints are renamed into place only when
+    whole, so the newest complete one is intact and a rerun resumes from it."""
+    failed = CheckpointSaveError(
+        f"disk full while {doing}; nothing was lost: the newest complete checkpoint "
+        f"({'step ' + str(newest) if newest is not None else 'none yet'}) is intact. Free some "
+        "space and run the same command again to resume from it"
+    )
+    failed.errno = errno.ENOSPC
+    return failed
 
 
 class _HeldRecords(logging.Filter):
