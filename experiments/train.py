@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import pathlib
 import signal
 import sys
@@ -305,11 +306,15 @@ def main(argv: list[str]) -> None:
             )
         try:
             train_and_evaluate(config, workdir)
-        except OSError as e:  # a full disk outside a save (logs, TensorBoard): same advice
-            if e.errno != errno.ENOSPC or isinstance(e, checkpoint.CheckpointSaveError):
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
                 raise
-            newest = checkpoint.make_manager(workdir, read_only=True).latest_step()
-            raise checkpoint.disk_full_error(f"writing {e.filename or workdir}", newest=newest)
+            if not isinstance(e, checkpoint.CheckpointSaveError):  # logs, TensorBoard
+                newest = checkpoint.make_manager(workdir, read_only=True).latest_step()
+                e = checkpoint.disk_full_error(f"writing {e.filename or workdir}", newest=newest)
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            # Orbax's background threads would print their own failures while Python exits.
+            os._exit(2)
         except TrainingInterrupted as e:
             print(
                 f"{e}; checkpoint saved in {workdir}, run the same command to resume",

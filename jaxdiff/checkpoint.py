@@ -30,6 +30,7 @@ import logging
 import pathlib
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -156,7 +157,9 @@ class _HeldRecords(logging.Filter):
     def __init__(self):
         super().__init__()
         self.records: list[logging.LogRecord] = []
-        self.logger = logging.getLogger("absl")
+        self.loggers = [logging.getLogger("absl"), logging.getLogger("asyncio")]
+        self.thread_errors: list[Any] = []
+        self.excepthook = threading.excepthook
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR:
@@ -165,20 +168,32 @@ class _HeldRecords(logging.Filter):
         return True
 
     def release(self) -> None:
-        self.logger.removeFilter(self)
+        self.stop()
         for record in self.records:
-            self.logger.handle(record)
-        self.records = []
+            logging.getLogger(record.name).handle(record)
+        for args in self.thread_errors:
+            self.excepthook(args)
+        self.records, self.thread_errors = [], []
+
+    def start(self) -> None:
+        for logger in self.loggers:
+            logger.addFilter(self)
+        threading.excepthook = self.thread_errors.append  # orbax's threads die noisily too
+
+    def stop(self) -> None:
+        for logger in self.loggers:
+            logger.removeFilter(self)
+        threading.excepthook = self.excepthook
 
 
 @contextlib.contextmanager
 def _held_error_logs():
     held = _HeldRecords()
-    held.logger.addFilter(held)
+    held.start()
     try:
         yield held
     finally:
-        held.logger.removeFilter(held)
+        held.stop()
 
 
 def write_manifests(manager: ocp.CheckpointManager) -> None:
