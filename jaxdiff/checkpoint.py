@@ -27,9 +27,11 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import pathlib
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -160,6 +162,7 @@ class _HeldRecords(logging.Filter):
         self.loggers = [logging.getLogger("absl"), logging.getLogger("asyncio")]
         self.thread_errors: list[Any] = []
         self.excepthook = threading.excepthook
+        self.stderr_fd: int | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR:
@@ -169,6 +172,11 @@ class _HeldRecords(logging.Filter):
 
     def release(self) -> None:
         self.stop()
+        self.captured.seek(0)
+        text = self.captured.read()
+        self.captured.close()
+        if text:
+            os.write(2, text)
         for record in self.records:
             logging.getLogger(record.name).handle(record)
         for args in self.thread_errors:
@@ -179,11 +187,21 @@ class _HeldRecords(logging.Filter):
         for logger in self.loggers:
             logger.addFilter(self)
         threading.excepthook = self.thread_errors.append  # orbax's threads die noisily too
+        # tensorstore's callbacks print tracebacks from C++ straight to file descriptor 2.
+        sys.stderr.flush()
+        self.captured = tempfile.TemporaryFile()
+        self.stderr_fd = os.dup(2)
+        os.dup2(self.captured.fileno(), 2)
 
     def stop(self) -> None:
         for logger in self.loggers:
             logger.removeFilter(self)
         threading.excepthook = self.excepthook
+        if self.stderr_fd is not None:
+            sys.stderr.flush()
+            os.dup2(self.stderr_fd, 2)
+            os.close(self.stderr_fd)
+            self.stderr_fd = None
 
 
 @contextlib.contextmanager

@@ -91,7 +91,7 @@ def test_disk_full_while_saving_is_one_line(tmp_path):
     err = [line for line in proc.stderr.splitlines()
            if line.strip() and "train:" not in line and not line.startswith("resuming")]
     # Usually the checkpoint of step 4 is what no longer fits; a log line may be first.
-    assert len(err) == 1 and err[0].startswith("error: disk full while "), err
+    assert len(err) == 1 and err[0].startswith("error: disk full while "), "\n".join(err)
     assert err[0].endswith(
         "nothing was lost: the newest complete checkpoint (step 2) is intact. "
         "Free some space and run the same command again to resume from it"
