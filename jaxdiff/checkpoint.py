@@ -23,16 +23,11 @@ restoring are collective: every process calls them.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
-import logging
-import os
 import pathlib
 import shutil
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -43,7 +38,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxdiff import distributed, integrity
+from jaxdiff import distributed, held_output, integrity
 
 STATE, DATA, CONFIG = "state", "data", "config"
 
@@ -117,7 +112,7 @@ def save(
     if data_iterator is not None:
         items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     try:
-        with _held_error_logs() as held:
+        with held_output.held_error_output() as held:
             # Steps an earlier async save left without a manifest get theirs first.
             write_manifests(manager)
             # force: the caller decides when to save (every checkpoint_every steps, SIGTERM).
@@ -130,7 +125,7 @@ def save(
             held.release()
             raise
         # Orbax's threads leave futures whose errors asyncio would log at exit.
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        held_output.quiet_asyncio()
         kept = [s for s in manager.all_steps() if s != int(step)]
         raise disk_full_error(
             f"saving the checkpoint of step {step} in {manager.directory}",
@@ -149,69 +144,6 @@ def disk_full_error(doing: str, *, newest: int | None) -> CheckpointSaveError:
     )
     failed.errno = errno.ENOSPC
     return failed
-
-
-class _HeldRecords(logging.Filter):
-    """Holds back ERROR records (orbax's background threads log each failed write with a
-    traceback) until ``release``: a full disk then reads as one line, any other failure
-    still shows them."""
-
-    def __init__(self):
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-        self.loggers = [logging.getLogger("absl"), logging.getLogger("asyncio")]
-        self.thread_errors: list[Any] = []
-        self.excepthook = threading.excepthook
-        self.stderr_fd: int | None = None
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
-            self.records.append(record)
-            return False
-        return True
-
-    def release(self) -> None:
-        self.stop()
-        self.captured.seek(0)
-        text = self.captured.read()
-        self.captured.close()
-        if text:
-            os.write(2, text)
-        for record in self.records:
-            logging.getLogger(record.name).handle(record)
-        for args in self.thread_errors:
-            self.excepthook(args)
-        self.records, self.thread_errors = [], []
-
-    def start(self) -> None:
-        for logger in self.loggers:
-            logger.addFilter(self)
-        threading.excepthook = self.thread_errors.append  # orbax's threads die noisily too
-        # tensorstore's callbacks print tracebacks from C++ straight to file descriptor 2.
-        sys.stderr.flush()
-        self.captured = tempfile.TemporaryFile()
-        self.stderr_fd = os.dup(2)
-        os.dup2(self.captured.fileno(), 2)
-
-    def stop(self) -> None:
-        for logger in self.loggers:
-            logger.removeFilter(self)
-        threading.excepthook = self.excepthook
-        if self.stderr_fd is not None:
-            sys.stderr.flush()
-            os.dup2(self.stderr_fd, 2)
-            os.close(self.stderr_fd)
-            self.stderr_fd = None
-
-
-@contextlib.contextmanager
-def _held_error_logs():
-    held = _HeldRecords()
-    held.start()
-    try:
-        yield held
-    finally:
-        held.stop()
 
 
 def write_manifests(manager: ocp.CheckpointManager) -> None:
