@@ -14,7 +14,9 @@ it stopped. On CPU, a run expected to take more than an hour says so after a few
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import pathlib
 import signal
 import sys
@@ -358,6 +360,15 @@ def main(argv: list[str]) -> None:
             )
         try:
             train_and_evaluate(config, workdir)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            if not isinstance(e, checkpoint.CheckpointSaveError):  # logs, TensorBoard
+                newest = checkpoint.make_manager(workdir, read_only=True).latest_step()
+                e = checkpoint.disk_full_error(f"writing {e.filename or workdir}", newest=newest)
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            # Orbax's background threads would print their own failures while Python exits.
+            os._exit(2)
         except TrainingInterrupted as e:
             print(
                 f"{e}; checkpoint saved in {workdir}, run the same command to resume",

@@ -23,10 +23,8 @@ restoring are collective: every process calls them.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
-import logging
 import pathlib
 import shutil
 import sys
@@ -40,7 +38,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxdiff import distributed, integrity
+from jaxdiff import distributed, held_output, integrity
 
 STATE, DATA, CONFIG = "state", "data", "config"
 
@@ -114,7 +112,7 @@ def save(
     if data_iterator is not None:
         items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     try:
-        with _held_error_logs() as held:
+        with held_output.held_error_output() as held:
             # Steps an earlier async save left without a manifest get theirs first.
             write_manifests(manager)
             # force: the caller decides when to save (every checkpoint_every steps, SIGTERM).
@@ -127,50 +125,25 @@ def save(
             held.release()
             raise
         # Orbax's threads leave futures whose errors asyncio would log at exit.
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        held_output.quiet_asyncio()
         kept = [s for s in manager.all_steps() if s != int(step)]
-        newest = f"step {max(kept)}" if kept else "none yet"
-        failed = CheckpointSaveError(
-            f"disk full while saving the checkpoint of step {step} in {manager.directory}; "
-            f"nothing was lost: the newest complete checkpoint ({newest}) is intact. Free "
-            "some space and run the same command again to resume from it"
-        )
-        failed.errno = errno.ENOSPC
-        raise failed from error
+        raise disk_full_error(
+            f"saving the checkpoint of step {step} in {manager.directory}",
+            newest=max(kept) if kept else None,
+        ) from error
     held.release()
 
 
-class _HeldRecords(logging.Filter):
-    """Holds back ERROR records (orbax's background threads log each failed write with a
-    traceback) until ``release``: a full disk then reads as one line, any other failure
-    still shows them."""
-
-    def __init__(self):
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-        self.logger = logging.getLogger("absl")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
-            self.records.append(record)
-            return False
-        return True
-
-    def release(self) -> None:
-        self.logger.removeFilter(self)
-        for record in self.records:
-            self.logger.handle(record)
-        self.records = []
-
-
-@contextlib.contextmanager
-def _held_error_logs():
-    held = _HeldRecords()
-    held.logger.addFilter(held)
-    try:
-        yield held
-    finally:
-        held.logger.removeFilter(held)
+def disk_full_error(doing: str, *, newest: int | None) -> CheckpointSaveError:
+    """The one-line report of a full disk: checkpoints are renamed into place only when
+    whole, so the newest complete one is intact and a rerun resumes from it."""
+    failed = CheckpointSaveError(
+        f"disk full while {doing}; nothing was lost: the newest complete checkpoint "
+        f"({'step ' + str(newest) if newest is not None else 'none yet'}) is intact. Free some "
+        "space and run the same command again to resume from it"
+    )
+    failed.errno = errno.ENOSPC
+    return failed
 
 
 def write_manifests(manager: ocp.CheckpointManager) -> None:

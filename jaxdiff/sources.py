@@ -313,7 +313,7 @@ def check_labels(source: Any, *, num_classes: int | None) -> None:
 def _to_uint8(images: np.ndarray, *, name: str) -> np.ndarray:
     if images.dtype == np.uint8:
         return images
-    if not np.issubdtype(images.dtype, np.number) or np.issubdtype(images.dtype, np.complexfloating):
+    if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
         raise ValueError(f"{name}: images must be uint8 or float, got dtype {images.dtype}")
     per_image = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
     _first_bad(per_image, name=name, what="images with non-finite (NaN/inf) pixel values")

@@ -33,9 +33,8 @@ def test_nan_pixels_in_float_images(tmp_path, capsys):
     images[5, 2, 3] = np.nan  # was cast to 0 silently
     images[9, 0, 0] = np.inf
     err = user_error(capsys, npy_config(tmp_path, images, np.zeros(16, np.int64)), tmp_path / "r")
-    assert (
-        "images.npy: 2 images with non-finite (NaN/inf) pixel values, the first at index 5" in err
-    )
+    assert "images.npy: 2 images with non-finite (NaN/inf) pixel values, the first at index 5" \
+        in err
 
 
 def test_empty_image_array(tmp_path, capsys):
