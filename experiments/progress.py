@@ -107,7 +107,7 @@ class Progress:
             remaining_steps=self.total - step,
             backend=self.backend,
         )
-        if warning:
+        if warning and not self.bar.disable:  # a disabled bar (not process 0) says nothing
             self.write(warning)
 
     def set_postfix(self, **values: Any) -> None:

@@ -84,10 +84,21 @@ def test_runtime_warning_on_cpu_runs_longer_than_an_hour():
 
 def test_progress_estimates_from_steps_after_the_compile():
     now, lines = [0.0], []
-    bar = progress.Progress(total=1000, initial=0, interval=0.0, backend="cpu", disable=True,
-                            clock=lambda: now[0], write=lines.append)
+    bar = progress.Progress(total=1000, initial=0, interval=0.0, backend="cpu",
+                            file=io.StringIO(), clock=lambda: now[0], write=lines.append)
     for step, seconds in [(1, 30.0), (2, 36.0), (3, 42.0), (4, 48.0), (5, 54.0)]:
         now[0] = seconds  # a 30 s compile, then 6 s per step
         bar.update(step, jnp.zeros(()))
     assert len(lines) == 1 and "about 1 h 40 min more" in lines[0]  # 997 steps x 6 s, once
     assert "(997 steps at 6.00 s/step)" in lines[0]
+
+
+def test_a_disabled_bar_gives_no_estimate():
+    # Processes other than 0 run a disabled bar: one warning per run, not one per process.
+    now, lines = [0.0], []
+    bar = progress.Progress(total=1000, initial=0, interval=0.0, backend="cpu", disable=True,
+                            clock=lambda: now[0], write=lines.append)
+    for step, seconds in [(1, 30.0), (2, 36.0), (3, 42.0), (4, 48.0), (5, 54.0)]:
+        now[0] = seconds
+        bar.update(step, jnp.zeros(()))
+    assert lines == []
