@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdiff.attention import dot_product_attention
+
 Dtype = Any
 PADDING_1 = ((1, 1), (1, 1))  # torch's padding=1; explicit so stride 2 pads like PyTorch
 
@@ -240,8 +242,9 @@ class AttentionBlock(nn.Module):
             _dense(c, self.dtype, name)(h).reshape(b, height * width, heads, head_dim)
             for name in ("to_q", "to_k", "to_v")
         )
-        # jax.nn.dot_product_attention takes the logits' softmax in float32 for bf16 inputs.
-        out = jax.nn.dot_product_attention(q, k, v).reshape(b, height * width, c)
+        # Softmax in float32; cache-sized groups on CPU (jaxdiff.attention).
+        out = dot_product_attention(q, k, v)
+        out = out.reshape(b, height * width, c)
         out = x + _dense(c, self.dtype, "to_out_0")(out).reshape(b, height, width, c)
         return out if self.rescale_output_factor == 1 else out / self.rescale_output_factor
 
