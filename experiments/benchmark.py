@@ -48,6 +48,7 @@ import numpy as np
 from absl import app, flags
 
 from jaxdiff import samplers, schedules
+from jaxdiff import xla_options as jaxdiff_xla_options
 from jaxdiff.losses import make_denoising_loss
 from jaxdiff.optim import make_optimizer
 from jaxdiff.train import create_train_state, make_mesh, make_train_step, shard_batch
@@ -156,22 +157,37 @@ def parse_ints(text: str) -> tuple[int, ...]:
 
 
 def jax_variants(
-    jitted: Any, args: tuple, *, xla_options: dict
+    make_jitted: Callable[[dict | None], Any], args: tuple, *, xla_options: dict
 ) -> dict[str, Any]:
-    """Compiled executables of one jitted function: 'jaxdiff' and the requested extras."""
-    compiled = {"jaxdiff": jitted.lower(*args).compile()}
+    """Compiled executables of one program, from ``make_jitted(compiler_options)`` (None:
+    jaxdiff's own, ``jaxdiff.xla_options``): 'jaxdiff'; 'jaxdiff, XLA default options' when
+    jaxdiff sets any on this backend, so their effect is measured in the same run; and
+    'jaxdiff + xla_options' with ``--xla_options`` added."""
+    compiled = {"jaxdiff": make_jitted(None).lower(*args).compile()}
+    own = jaxdiff_xla_options.compiler_options()
+    if own:
+        compiled["jaxdiff, XLA default options"] = make_jitted({}).lower(*args).compile()
     if xla_options:
-        compiled["jaxdiff + xla_options"] = jitted.lower(*args).compile(
-            compiler_options=xla_options
-        )
+        compiled["jaxdiff + xla_options"] = make_jitted({**own, **xla_options}).lower(
+            *args).compile()
     return compiled
+
+
+def jit_with(fn: Callable) -> Callable[[dict | None], Any]:
+    """``options -> jax.jit(fn)`` compiled with ``options`` (None: jaxdiff's own)."""
+    def make(options):
+        if options is None:
+            options = jaxdiff_xla_options.compiler_options()
+        return jax.jit(fn, compiler_options=options or None)
+
+    return make
 
 
 def ddim_step_fn(apply_fn: Callable, schedule: schedules.Schedule) -> Callable:
     """Jitted (params, x, t, t_prev) -> x_prev: one deterministic DDIM step (Song et al. 2021,
     eq. 12, eta = 0, x0 clipped), as ``jaxdiff.samplers.ddim`` computes it inside its scan."""
 
-    @jax.jit
+    @jaxdiff_xla_options.jit
     def step(params, x, t, t_prev):
         t_batch = jnp.full((x.shape[0],), t, jnp.int32)
         x0, _ = schedules.to_x0_eps(
@@ -190,7 +206,7 @@ def ddpm_step_fn(apply_fn: Callable, schedule: schedules.Schedule) -> Callable:
     """Jitted (params, x, t, step_key) -> x_{t-1}: one DDPM ancestral step (alg. 2, x0
     clipped, sigma^2 = beta_t, noise normal(fold_in(step_key, t))), as ``samplers.ddpm``."""
 
-    @jax.jit
+    @jaxdiff_xla_options.jit
     def step(params, x, t, step_key):
         t_batch = jnp.full((x.shape[0],), t, jnp.int32)
         x0, _ = schedules.to_x0_eps(
@@ -210,7 +226,8 @@ def ddim_timesteps(num_timesteps: int, num_steps: int) -> tuple[np.ndarray, np.n
 
 
 def jax_train_setup(model, params, batch_np: dict[str, np.ndarray]):
-    """(jitted step, initial state, sharded batch) for the real jaxdiff train step."""
+    """(compiler options -> jitted step, initial state, sharded batch) for the real jaxdiff
+    train step."""
     schedule = schedules.linear(NUM_TIMESTEPS)
     loss_fn = make_denoising_loss(model.apply, schedule, prediction="eps", cond_drop_prob=0.0)
     optimizer = make_optimizer(
@@ -218,14 +235,20 @@ def jax_train_setup(model, params, batch_np: dict[str, np.ndarray]):
     )
     mesh = make_mesh()
     state = create_train_state(params, optimizer, jax.random.key(1))
-    return make_train_step(loss_fn, optimizer, mesh), state, shard_batch(batch_np, mesh)
+
+    def make_step(options):
+        return make_train_step(loss_fn, optimizer, mesh, compiler_options=options)
+
+    return make_step, state, shard_batch(batch_np, mesh)
 
 
-def jax_train_callables(step, state, batch, **variant_kw) -> dict[str, Callable[[], Any]]:
+def jax_train_callables(
+    make_step, state, batch, **variant_kw
+) -> dict[str, Callable[[], Any]]:
     """One blocking callable per compiled variant; each owns a copy of the (donated) state,
     steps it once per call and returns that step's metrics."""
     fns = {}
-    for name, compiled in jax_variants(step, (state, batch), **variant_kw).items():
+    for name, compiled in jax_variants(make_step, (state, batch), **variant_kw).items():
         holder = {"state": jax.tree.map(jnp.copy, state)}
 
         def run(compiled=compiled, holder=holder):
@@ -336,7 +359,7 @@ def bench_sample(cfg: dict[str, Any], variant_kw: dict) -> list[dict[str, Any]]:
     rows = []
     for name, num_steps in (("DDIM", cfg["ddim_steps"]), ("DDPM", cfg["ddpm_steps"])):
         if name == "DDIM":
-            scan = jax.jit(lambda p, k, n=num_steps: samplers.ddim(
+            scan = jit_with(lambda p, k, n=num_steps: samplers.ddim(
                 denoise(p), schedule, k, shape, num_steps=n, initial_noise=x_init)[0])
             one_step = ddim_step_fn(model.apply, schedule)
             pairs = list(zip(*ddim_timesteps(NUM_TIMESTEPS, num_steps), strict=True))
@@ -346,7 +369,7 @@ def bench_sample(cfg: dict[str, Any], variant_kw: dict) -> list[dict[str, Any]]:
             # DDPM walks every step of its schedule; --ddpm_steps < 1000 gives both sides a
             # T = ddpm_steps linear schedule: the same per-step cost, a shorter chain.
             ddpm_schedule = schedules.linear(num_steps)
-            scan = jax.jit(lambda p, k, sch=ddpm_schedule: samplers.ddpm(
+            scan = jit_with(lambda p, k, sch=ddpm_schedule: samplers.ddpm(
                 denoise(p), sch, k, shape, initial_noise=x_init)[0])
             one_step = ddpm_step_fn(model.apply, ddpm_schedule)
             step_key = jax.random.split(key)[1]

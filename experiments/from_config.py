@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxdiff import checkpoint, losses, models, optim, schedules
+from jaxdiff import checkpoint, losses, models, optim, schedules, xla_options
 from jaxdiff import train as jd_train
 
 SCHEDULES = ("linear", "cosine", "scaled_linear")
@@ -391,7 +391,7 @@ def make_sample_fn(
         images, trajectory = sample_fn(denoise_fn, schedule, key, shape, cond=cond, **options)
         return jnp.clip(images, -1.0, 1.0), trajectory
 
-    return jax.jit(run)
+    return xla_options.jit(run)
 
 
 def grid_columns(num_images: int, rows: int) -> int:

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxdiff import xla_options
 from jaxdiff.losses import LossFn
 
 Metrics = dict[str, jax.Array]
@@ -192,6 +193,7 @@ def make_train_step(
     mesh: Mesh,
     *,
     state_sharding: Any = None,
+    compiler_options: dict[str, str] | None = None,
 ) -> TrainStep:
     """Returns the jitted ``step(state, batch) -> (state, metrics)``.
 
@@ -211,7 +213,12 @@ def make_train_step(
     Metrics (float32 scalars, replicated): the loss_fn's metrics, ``grad_norm`` (global norm
     before clipping), ``skipped``, and ``learning_rate`` (the lr of this update) when the
     optimizer state carries one (``jaxdiff.optim.make_optimizer`` does).
+
+    ``compiler_options``: XLA options of the compile (default
+    ``jaxdiff.xla_options.compiler_options()``, the faster CPU settings; ``{}``: XLA's own).
     """
+    if compiler_options is None:
+        compiler_options = xla_options.compiler_options()
     replicated = replicated_sharding(mesh)
     state_sharding = replicated if state_sharding is None else state_sharding
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -250,4 +257,5 @@ def make_train_step(
         in_shardings=(state_sharding, data_sharding(mesh)),
         out_shardings=(state_sharding, replicated),
         donate_argnums=0,
+        compiler_options=compiler_options or None,
     )
