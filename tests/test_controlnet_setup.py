@@ -79,7 +79,7 @@ def test_config_errors():
 
 @pytest.mark.parametrize(
     "name, base",
-    [("digits_controlnet", "digits"), ("mnist_controlnet", "mnist"),
+    [("digits_controlnet", "digits"), ("mnist_controlnet", "mnist_idx"),
      ("scenes_depth_controlnet", "scenes")],
 )
 def test_controlnet_configs_validate_and_keep_their_bases_model(name, base):
