@@ -73,7 +73,8 @@ class TorchDiT(nn.Module):
 
     def timestep_features(self, t: torch.Tensor) -> torch.Tensor:
         half = self.frequency_embedding_size // 2
-        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+        steps = torch.arange(half, dtype=torch.float32, device=t.device)
+        freqs = torch.exp(-math.log(10000) * steps / half)
         angles = t.float()[:, None] * freqs[None]
         return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
