@@ -31,6 +31,7 @@ from experiments.bench_jax import (
     NUM_TIMESTEPS,
     check_param_counts,
     count_params,
+    init_params,
     jax_train_callables,
     jax_train_setup,
     jax_variants,
@@ -144,9 +145,8 @@ def bench_dit_mfu(cfg: dict[str, Any], variant_kw: dict) -> list[dict[str, Any]]
         rng = np.random.default_rng(0)
         images = rng.uniform(-1, 1, (b, s, s, c)).astype(np.float32)
         labels = rng.integers(0, num_classes, (b,)).astype(np.int32)
-        params = jax.jit(model.init)(jax.random.key(0), jnp.asarray(images[:1]),
-                                     jnp.zeros((1,), jnp.int32), jnp.asarray(labels[:1]))
-        params = params["params"]
+        params = init_params(model, jnp.asarray(images[:1]), jnp.zeros((1,), jnp.int32),
+                             jnp.asarray(labels[:1]))
         torch.manual_seed(0)
         twin = TorchDiT(**arch, in_channels=c, input_size=s, num_classes=num_classes).to(device)
         check_param_counts(label, count_params(params),

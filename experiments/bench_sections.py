@@ -39,6 +39,7 @@ from experiments.bench_jax import (
     ddim_step_fn,
     ddim_timesteps,
     ddpm_step_fn,
+    init_params,
     jax_train_callables,
     jax_train_setup,
     jax_variants,
@@ -62,7 +63,7 @@ def unet_pair(cfg: dict[str, Any], *, device: str = "cpu"):
     )
     b, s, c = cfg["batch"], cfg["image_size"], cfg["in_channels"]
     x = jnp.zeros((b, s, s, c))
-    params = jax.jit(model.init)(jax.random.key(0), x, jnp.zeros((b,), jnp.int32))["params"]
+    params = init_params(model, x, jnp.zeros((b,), jnp.int32))
     torch.manual_seed(0)
     twin = UNet2DModel(**diffusers_kwargs(model, in_channels=c, sample_size=s)).to(device)
     n_torch = sum(p.numel() for p in twin.parameters())
@@ -214,8 +215,8 @@ def bench_dit(cfg: dict[str, Any], variant_kw: dict) -> list[dict[str, Any]]:
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (b, s, s, c)).astype(np.float32)
     labels = rng.integers(0, num_classes, (b,)).astype(np.int32)
-    params = model.init(jax.random.key(0), jnp.asarray(images), jnp.zeros((b,), jnp.int32),
-                        jnp.asarray(labels))["params"]
+    params = init_params(model, jnp.asarray(images), jnp.zeros((b,), jnp.int32),
+                         jnp.asarray(labels))
     torch.manual_seed(0)
     twin = TorchDiT(**arch, in_channels=c, input_size=s, num_classes=num_classes)
     label = f"DiT-{cfg['dit_size']}/{cfg['dit_patch']}"

@@ -93,10 +93,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "gpu_smoke": dict(
         only=",".join(GPU_SECTIONS), batch=2, sample_batch=2, image_size=8, in_channels=3,
-        channels="8,16", layers_per_block=1, attention_levels="1", norm_groups=4, repeats=1,
+        channels="8,16", layers_per_block=1, attention_levels="", norm_groups=4, repeats=1,
         warmup=1, ddim_steps=3, train_dtypes="float32,bfloat16", sample_dtypes="float32",
         torch_compile="", dit_sizes="S", dit_batches="2", dit_image_size=8,
-        dit_in_channels=4, dit_depth=1, dit_dtype="bfloat16",
+        dit_in_channels=4, dit_depth=1, dit_dtype="bfloat16", xla_defaults=False,
     ),
 }
 
@@ -122,6 +122,10 @@ flags.DEFINE_integer("dit_patch", 2, "DiT patch size.")
 flags.DEFINE_string(
     "xla_options", "", "Also time jax compiled with these XLA options, e.g. "
     "'xla_cpu_use_onednn=true,xla_cpu_use_xnnpack=false'."
+)
+flags.DEFINE_bool(
+    "xla_defaults", True, "Also time jax compiled with XLA's default options where jaxdiff "
+    "sets its own (the CPU)."
 )
 flags.DEFINE_integer("canny_batch", 256, "Images per call of the canny section.")
 flags.DEFINE_string("train_dtypes", "float32,bfloat16", "unet_dtypes: compute dtypes.")
@@ -237,7 +241,8 @@ def main(argv: list[str]) -> None:
     given = {n for n in flags.FLAGS if flags.FLAGS[n].present}
     values = flag_values(_PRESET.value, {n: flags.FLAGS[n].value for n in flags.FLAGS}, given)
     cfg = make_config(values)
-    variant_kw = dict(xla_options=parse_xla_options(values["xla_options"]))
+    variant_kw = dict(xla_options=parse_xla_options(values["xla_options"]),
+                      xla_defaults=values["xla_defaults"])
     if any(s in GPU_SECTIONS for s in cfg["only"]):
         from experiments.bench_gpu import torch_setup
 
@@ -255,8 +260,7 @@ def main(argv: list[str]) -> None:
         print(markdown_table(new), flush=True)
         rows += new
         if _OUT.value:
-            write_results(_OUT.value, dict(env, config=cfg, rows=rows,
-                                           xla_options=variant_kw["xla_options"]),
+            write_results(_OUT.value, dict(env, config=cfg, rows=rows, **variant_kw),
                           markdown_table(rows))
     print(markdown_table(rows))
     if _OUT.value:
