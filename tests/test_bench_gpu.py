@@ -1,0 +1,89 @@
+"""The benchmark's GPU set on a CPU: its packages, its presets, its table, and the whole
+``--preset gpu_smoke`` run (the code path of ``--preset gpu``, at toy sizes). No test here
+asserts a time."""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from experiments import benchmark
+from experiments.bench_timing import make_rows, markdown_table
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+OPTIONAL = ("ml_collections", "grain", "tensorflow_datasets", "diffusers", "torch")
+
+
+def test_importing_the_benchmark_needs_no_optional_package():
+    # The GPU image has jax, flax, optax and torch only; diffusers travels as wheels. Importing
+    # every benchmark module with these blocked must work, and must not import torch.
+    code = (
+        "import sys\n"
+        f"for name in {OPTIONAL!r}: sys.modules[name] = None\n"
+        "import experiments.benchmark, experiments.bench_gpu, experiments.bench_sections\n"
+        "import experiments.bench_flops, experiments.bench_jax, experiments.bench_timing\n"
+        "print('imported')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "imported" in out.stdout
+
+
+def test_preset_defaults_yield_to_flags_given():
+    values = {"batch": 32, "only": "train", "repeats": 5}
+    got = benchmark.flag_values("gpu", values, {"batch"})
+    assert got["batch"] == 32  # given on the command line
+    assert got["repeats"] == benchmark.PRESETS["gpu"]["repeats"]
+    assert got["only"] == ",".join(benchmark.GPU_SECTIONS)
+    assert benchmark.flag_values(None, values, set()) == values
+
+
+def test_table_with_mfu_memory_and_two_references():
+    times = {"jax": [1.0], "eager": [2.0], "compiled": [1.0]}
+    rows = make_rows("train", times, images_per_call=4, reference=("eager", "compiled"),
+                     extra={"jax": {"peak_bytes": 2**30}, "eager": {"peak_bytes": None}})
+    rows[0]["mfu"] = 0.25
+    jax_row = rows[0]
+    assert jax_row["vs"] == {"eager": 2.0, "compiled": 1.0} and jax_row["vs_reference"] == 2.0
+    lines = markdown_table(rows).splitlines()
+    assert lines[0].endswith("| MFU | peak GiB |")
+    assert lines[2] == "| train | jax | 4.00 | 1.000 | 2.00x eager; 1.00x compiled | 25.0% | 1.00 |"
+    assert lines[3].endswith("| - | - |")
+
+
+@pytest.mark.slow
+def test_gpu_smoke_preset_writes_every_row(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    out = tmp_path / "bench.json"
+    # Two host devices, so the DDIM scan's batch really is split over a mesh; a nominal 1
+    # TFLOP/s peak, so the CPU gets an MFU figure (the device table has no CPUs).
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    run = subprocess.run(
+        [sys.executable, "-m", "experiments.benchmark", "--preset", "gpu_smoke",
+         "--peak_tflops", "1", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["preset"] == "gpu_smoke" and result["jax_device_count"] == 2
+    variants = {(r["section"], r["variant"]) for r in result["rows"]}
+    assert variants == {
+        ("train UNet fp32", "jaxdiff fp32"), ("train UNet fp32", "PyTorch eager fp32"),
+        ("train UNet bf16", "jaxdiff bf16"), ("train UNet bf16", "PyTorch eager bf16"),
+        ("train DiT-S/2 depth 1 bf16", "jaxdiff bf16"),
+        ("train DiT-S/2 depth 1 bf16", "PyTorch twin eager bf16"),
+        ("sample DDIM-3 fp32", "jaxdiff one lax.scan, 2 device(s) fp32"),
+        ("sample DDIM-3 fp32", "PyTorch diffusers DDIMScheduler loop fp32"),
+    }
+    for row in result["rows"]:
+        assert math.isfinite(row["images_per_s"]) and row["images_per_s"] > 0
+        assert math.isfinite(row["mfu"]) and row["mfu"] > 0
+        assert row["model_flops_per_call"] > 0
+        assert "peak_bytes" in row  # None on the CPU, bytes on a GPU
+    assert (tmp_path / "bench.md").read_text().count("\n") == len(result["rows"]) + 2
