@@ -75,7 +75,9 @@ def test_gpu_smoke_preset_writes_every_row(tmp_path):
     variants = {(r["section"], r["variant"]) for r in result["rows"]}
     assert variants == {
         ("train UNet fp32", "jaxdiff fp32"), ("train UNet fp32", "PyTorch eager fp32"),
+        ("train UNet fp32", "PyTorch torch.compile fp32"),
         ("train UNet bf16", "jaxdiff bf16"), ("train UNet bf16", "PyTorch eager bf16"),
+        ("train UNet bf16", "PyTorch torch.compile bf16"),
         ("train DiT-S/2 depth 1 bf16", "jaxdiff bf16"),
         ("train DiT-S/2 depth 1 bf16", "PyTorch twin eager bf16"),
         ("sample DDIM-3 fp32", "jaxdiff one lax.scan, 2 device(s) fp32"),
@@ -86,4 +88,6 @@ def test_gpu_smoke_preset_writes_every_row(tmp_path):
         assert math.isfinite(row["mfu"]) and row["mfu"] > 0
         assert row["model_flops_per_call"] > 0
         assert "peak_bytes" in row  # None on the CPU, bytes on a GPU
+        if row["section"].startswith("train UNet"):  # ratios to eager and torch.compile
+            assert len(row["vs"]) == 2 and all(map(math.isfinite, row["vs"].values()))
     assert (tmp_path / "bench.md").read_text().count("\n") == len(result["rows"]) + 2
