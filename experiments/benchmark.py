@@ -6,7 +6,8 @@
     python -m experiments.benchmark --preset gpu_smoke --peak_tflops 1 --out /tmp/smoke.json
 
 Sections (``--only``, comma list): ``train``, ``sample``, ``dit``, ``canny`` (the CPU set,
-``experiments.bench_sections``) and ``unet_dtypes``, ``dit_mfu``, ``ddim_sharded`` (the GPU
+``experiments.bench_sections``), ``attention`` (one attention fwd+bwd, jax vs PyTorch,
+``experiments.bench_attention``) and ``unet_dtypes``, ``dit_mfu``, ``ddim_sharded`` (the GPU
 set, ``experiments.bench_gpu``: UNet train fp32/bf16 vs PyTorch eager and
 ``torch.compile``, DiT-B/2 and DiT-XL/2 images/s and MFU, DDIM-50 as one sharded
 ``lax.scan`` vs the diffusers scheduler loop, peak device memory of each).
@@ -75,7 +76,7 @@ __all__ = [
     "jax_variants", "jit_with", "make_rows", "markdown_table", "parse_xla_options",
 ]
 
-CPU_SECTIONS = ("train", "sample", "dit", "canny")
+CPU_SECTIONS = ("train", "sample", "dit", "canny", "attention")
 GPU_SECTIONS = ("unet_dtypes", "dit_mfu", "ddim_sharded")
 SECTIONS = CPU_SECTIONS + GPU_SECTIONS
 
@@ -213,9 +214,10 @@ def environment() -> dict[str, Any]:
 
 
 def _section_fns():
-    from experiments import bench_gpu, bench_sections
+    from experiments import bench_attention, bench_gpu, bench_sections
 
     return dict(
+        attention=bench_attention.bench_attention,
         train=bench_sections.bench_train, sample=bench_sections.bench_sample,
         dit=bench_sections.bench_dit, canny=bench_sections.bench_canny,
         unet_dtypes=bench_gpu.bench_unet_dtypes, dit_mfu=bench_gpu.bench_dit_mfu,

@@ -123,3 +123,19 @@ def test_canny_section_times_two_equal_computations():
     fns = benchmark.canny_callables(images, low=50, high=150)
     assert sorted(fns) == ["cv2.Canny loop", "jax canny (jit)"]
     np.testing.assert_array_equal(np.asarray(fns["jax canny (jit)"]()), fns["cv2.Canny loop"]())
+
+
+def test_attention_section_shapes_and_callables():
+    from experiments import bench_attention
+
+    cfg = dict(batch=32, image_size=32, channels=(32, 64, 64), dit_size="S", dit_patch=2)
+    assert bench_attention.attention_shapes(cfg) == {
+        "UNet 16x16": (32, 256, 8, 8),  # 64 channels / attention_head_dim 8
+        "DiT-S/2": (32, 256, 6, 64),  # 384 wide, 6 heads
+    }
+    pytest.importorskip("torch")
+    fns = bench_attention.attention_callables((2, 16, 2, 4))
+    assert sorted(fns) == ["PyTorch scaled_dot_product_attention",
+                           "jax.nn.dot_product_attention", "jaxdiff grouped_attention"]
+    for fn in fns.values():
+        fn()
