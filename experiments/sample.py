@@ -238,7 +238,10 @@ def sample(
         "seconds": seconds,
     }
     np.savez_compressed(result["npz"], **arrays)
-    if controlled and hints_from_data is not None:
+    if controlled and hints_from_data is not None and config.controlnet.hint == "depth":
+        print("depth hints: no agreement score (no depth estimator runs here to read a "
+              "sample's depth); see grid.png")
+    elif controlled and hints_from_data is not None:
         # The base model alone from the same key and labels: what the hints add.
         base_images, _ = make(sampler, 0, net=model.unet)(model.base_params, key, saved_cond)
         result["report"] = controlnet_setup.write_agreement_report(

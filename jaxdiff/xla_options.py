@@ -33,9 +33,8 @@ CPU_OPTIONS = {
 def _accepted(backend: str, name: str, value: str) -> bool:
     """Whether this XLA compiles a trivial program on ``backend`` with option name=value."""
     try:
-        jax.jit(lambda x: x + 1, backend=backend).lower(jnp.zeros(2)).compile(
-            compiler_options={name: value}
-        )
+        x = jax.device_put(jnp.zeros(2), jax.local_devices(backend=backend)[0])
+        jax.jit(lambda x: x + 1).lower(x).compile(compiler_options={name: value})
     except Exception as error:  # noqa: BLE001  (XLA raises its own runtime error types)
         warnings.warn(f"XLA does not take {name}={value} ({error}); compiling without it",
                       stacklevel=3)
