@@ -45,9 +45,7 @@ def jax_variants(
 def jit_with(fn: Callable) -> Callable[[dict | None], Any]:
     """``options -> jax.jit(fn)`` compiled with ``options`` (None: jaxdiff's own)."""
     def make(options):
-        if options is None:
-            options = jaxdiff_xla_options.compiler_options()
-        return jax.jit(fn, compiler_options=options or None)
+        return jaxdiff_xla_options.jit(fn, compiler_options=options)
 
     return make
 

@@ -217,8 +217,6 @@ def make_train_step(
     ``compiler_options``: XLA options of the compile (default
     ``jaxdiff.xla_options.compiler_options()``, the faster CPU settings; ``{}``: XLA's own).
     """
-    if compiler_options is None:
-        compiler_options = xla_options.compiler_options()
     replicated = replicated_sharding(mesh)
     state_sharding = replicated if state_sharding is None else state_sharding
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -257,5 +255,5 @@ def make_train_step(
         in_shardings=(state_sharding, data_sharding(mesh)),
         out_shardings=(state_sharding, replicated),
         donate_argnums=0,
-        compiler_options=compiler_options or None,
+        compiler_options=xla_options.resolve(compiler_options) or None,
     )

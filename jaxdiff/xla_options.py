@@ -50,6 +50,12 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
     return {k: v for k, v in CPU_OPTIONS.items() if _accepted(backend, k, v)}
 
 
-def jit(fn, **jit_kwargs):
-    """``jax.jit(fn, **jit_kwargs)`` with ``compiler_options()`` of the default backend."""
-    return jax.jit(fn, compiler_options=compiler_options() or None, **jit_kwargs)
+def resolve(options: dict[str, str] | None) -> dict[str, str]:
+    """``options`` as given, or ``compiler_options()`` of the default backend when None."""
+    return compiler_options() if options is None else options
+
+
+def jit(fn, *, compiler_options: dict[str, str] | None = None, **jit_kwargs):
+    """``jax.jit(fn, **jit_kwargs)`` compiled with ``resolve(compiler_options)`` (None: the
+    options above for the default backend; ``{}``: XLA's own)."""
+    return jax.jit(fn, compiler_options=resolve(compiler_options) or None, **jit_kwargs)
