@@ -208,6 +208,7 @@ def environment() -> dict[str, Any]:
         torch_threads=torch and torch.get_num_threads(), XLA_FLAGS=os.environ.get("XLA_FLAGS", ""),
         OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", ""),
         XLA_PYTHON_CLIENT_PREALLOCATE=os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", ""),
+        GLIBC_TUNABLES=os.environ.get("GLIBC_TUNABLES", ""),  # experiments/host_memory.py
         command="python -m experiments.benchmark " + " ".join(sys.argv[1:]),
         load_average=os.getloadavg(),
     )

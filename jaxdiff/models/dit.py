@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import matmul
 from jaxdiff.attention import dot_product_attention
 from jaxdiff.models.layers import split_cond, timestep_embedding
 
@@ -113,6 +114,13 @@ def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
     return x * (1 + scale[:, None, :]) + shift[:, None, :]
 
 
+def _dense_kwargs(dtype: Any) -> dict[str, Any]:
+    """nn.Dense settings of every DiT linear layer: compute in ``dtype``, float32 params,
+    zero biases (the reference's init), and ``matmul.dot_general`` (fast CPU weight grads)."""
+    return dict(dtype=dtype, param_dtype=jnp.float32, bias_init=_zeros,
+                dot_general=matmul.dot_general)
+
+
 def _layer_norm() -> nn.LayerNorm:
     # No affine parameters: adaLN supplies scale and shift. float32 for stability under bf16.
     return nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=jnp.float32)
@@ -132,7 +140,7 @@ class DiTBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
-        dense = dict(dtype=self.dtype, param_dtype=jnp.float32, bias_init=_zeros)
+        dense = _dense_kwargs(self.dtype)
         d, heads = self.hidden_size, self.num_heads
         # adaLN-Zero: the regression of the six modulation vectors starts at zero, so the
         # gates are zero and the block is the identity at initialisation (sec. 3.2).
@@ -207,12 +215,13 @@ class DiT(nn.Module):
                 f"{self.num_heads} and by 4 (for the 2-D sin-cos position embedding)"
             )
         out_channels = self.out_channels or channels
-        dense = dict(dtype=self.dtype, param_dtype=jnp.float32, bias_init=_zeros)
+        dense = _dense_kwargs(self.dtype)
 
         # Patchify (sec. 3.2): a conv with kernel = stride = p is a Dense layer per patch.
         tokens = nn.Conv(
             self.hidden_size, (p, p), strides=(p, p), padding="VALID",
-            kernel_init=_xavier_patch, name="x_embedder", **dense,
+            kernel_init=_xavier_patch, name="x_embedder", dtype=self.dtype,
+            param_dtype=jnp.float32, bias_init=_zeros,
         )(x.astype(self.dtype))
         tokens = tokens.reshape(b, -1, self.hidden_size).astype(jnp.float32)
         # Fixed, not learned: a trace-time constant, so any image size works.
@@ -249,7 +258,7 @@ class DiT(nn.Module):
         labels, context = split_cond(
             cond, batch=batch, num_classes=self.num_classes, context_dim=self.context_dim
         )
-        dense = dict(dtype=self.dtype, param_dtype=jnp.float32, bias_init=_zeros)
+        dense = _dense_kwargs(self.dtype)
 
         t_freq = timestep_embedding(
             jnp.asarray(t, jnp.float32), self.frequency_embedding_size

@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdiff import matmul
 from jaxdiff.attention import dot_product_attention
 
 Dtype = Any
@@ -147,7 +148,8 @@ def _conv(features: int, kernel: int, dtype: Dtype, name: str, stride: int = 1) 
 
 
 def _dense(features: int, dtype: Dtype, name: str) -> nn.Dense:
-    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)
+    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
+                    dot_general=matmul.dot_general)
 
 
 class TimestepEmbedding(nn.Module):
