@@ -1,14 +1,37 @@
-"""Shared test fixtures. Tests never touch the network."""
+"""Shared test fixtures. Tests never touch the network.
+
+One persistent XLA compilation cache serves the whole pytest session: a program that
+several tests compile (the tiny digits UNet's train step and samplers, the README snippet,
+the notebooks' tiny models) is compiled once. It is set through JAX's environment
+variables before anything imports jax, so the subprocesses that the CLI, crash, multihost
+and README tests start, and the notebook kernels, share it too. The cache holds only
+compiled programs, keyed on the program, its compile options and the jax/XLA versions:
+what a test computes does not change. A JAX_COMPILATION_CACHE_DIR already set is used as
+it is (a developer may keep one between runs).
+"""
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxdiff-tests-xla-")
+# Programs that compile faster than this are not worth a file (jnp's eager ops).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture

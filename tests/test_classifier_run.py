@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_cli import compile_cache  # noqa: F401  (autouse: one XLA compile per model here)
 
 from configs import digits, digits_classifier, digits_uncond
 from experiments import classifier_setup, from_config, train

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -60,34 +59,6 @@ def user_error(capsys, config, workdir) -> str:
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ")
     return err
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    """One XLA compile of the tiny model per test file, not one per run: every in-process
-    run and every subprocess shares a persistent compilation cache."""
-    from jax._src import compilation_cache
-
-    directory = str(tmp_path_factory.mktemp("xla_cache"))
-    options = {
-        "jax_compilation_cache_dir": directory,
-        "jax_persistent_cache_min_compile_time_secs": 0.0,
-        "jax_persistent_cache_min_entry_size_bytes": 0,
-    }
-    saved = {name: getattr(jax.config, name) for name in options}
-    for name, value in options.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()  # the cache is set up once per process otherwise
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    yield
-    del (
-        os.environ["JAX_COMPILATION_CACHE_DIR"],
-        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"],
-    )
-    for name, value in saved.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")

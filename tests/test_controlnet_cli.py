@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli import compile_cache, tiny_config  # noqa: F401  (compile_cache: a fixture)
+from test_cli import tiny_config
 
 from configs.digits_controlnet import controlnet_section
 from experiments import controlnet_setup, from_config, sample, train

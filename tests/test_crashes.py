@@ -12,9 +12,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-from test_cli import (  # noqa: F401
+from test_cli import (
     TINY_CONFIG,
-    compile_cache,
     launch,
     losses,
     tiny_config,

@@ -9,7 +9,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from test_cli import compile_cache, tiny_config  # noqa: F401  (compile_cache: autouse fixture)
+from test_cli import tiny_config
 
 from configs import digits_distill
 from experiments import distill, from_config, sample, train

@@ -48,21 +48,13 @@ def test_notebook_is_committed_without_outputs(path):
     )
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory) -> str:
-    """One persistent XLA cache for all the kernels: notebooks that build the same tiny
-    model compile it once."""
-    return str(tmp_path_factory.mktemp("notebook_xla_cache"))
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_in_tiny_mode(path, monkeypatch, compile_cache):
-    # The kernel inherits this environment: tiny sizes, CPU, and this checkout importable
-    # (as `pip install -e .` makes it) from the notebooks/ folder.
+def test_notebook_runs_in_tiny_mode(path, monkeypatch):
+    # The kernel inherits this environment: tiny sizes, CPU, this checkout importable
+    # (as `pip install -e .` makes it) from the notebooks/ folder, and the session's XLA
+    # compilation cache (conftest.py), so notebooks that build the same model compile it once.
     monkeypatch.setenv("JAXDIFF_TINY", "1")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", compile_cache)
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
