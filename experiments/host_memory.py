@@ -17,9 +17,11 @@ The fix needs no change to XLA: glibc's tunables, read once when a process start
 * ``glibc.malloc.trim_threshold=64 GiB``: a freed block is kept, not given back to the OS;
 * ``glibc.malloc.hugetlb=1``: the heap is ``madvise``d for transparent huge pages.
 
-Measured (same DiT-S/2 step, 4 steps each): 1,381,206 -> 1,055 minor faults and 2.99 ->
-~0.3 s system time per step once warm. The price is that the process keeps its peak heap
-until it exits, as a GPU process keeps its preallocated memory.
+Measured on the same DiT-S/2 step: 1,381,206 -> 965 minor page faults per step (huge
+pages); the first 3-4 steps still grow the heap (one ~15 s step among 8.5-8.9 s ones), then
+a step runs at 8.5-8.9 s against 10.6-10.9 s without the tunables; README, "Performance",
+has the benchmark. The price is that the process keeps its peak heap until it exits, as a
+GPU process keeps its preallocated memory.
 
 Tunables can only be set before a process starts, so ``python -m experiments.<cli>``
 re-executes itself once with them (``experiments/__init__.py`` calls
