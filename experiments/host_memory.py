@@ -27,7 +27,7 @@ Tunables can only be set before a process starts, so ``python -m experiments.<cl
 re-executes itself once with them (``experiments/__init__.py`` calls
 :func:`reexec_with_malloc_tuning` before anything else is imported). It does so only on
 Linux with glibc, only when no GPU/TPU plugin for JAX is installed (or ``JAX_PLATFORMS``
-starts with ``cpu``), and never when ``JAXDIFF_MALLOC_TUNING=0``.
+starts with ``cpu``), and never when ``JAXDIFF_MALLOC_TUNING`` is 0, false, no or off.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ TUNABLES = {
     "glibc.malloc.trim_threshold": str(64 * 2**30),
 }
 OPT_OUT = "JAXDIFF_MALLOC_TUNING"
+_OFF = ("0", "false", "no", "off")  # values of OPT_OUT that turn the tunables off
 _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin", "libtpu")
 
 
@@ -62,7 +63,7 @@ def tuned_environ(environ: Mapping[str, str]) -> dict[str, str] | None:
 def wanted(environ: Mapping[str, str] = os.environ) -> bool:
     """Whether this process should run with the tunables: Linux, glibc, JAX on the CPU, and
     not opted out with ``JAXDIFF_MALLOC_TUNING=0``."""
-    if environ.get(OPT_OUT, "1") == "0" or sys.platform != "linux":
+    if environ.get(OPT_OUT, "1").strip().lower() in _OFF or sys.platform != "linux":
         return False
     if platform.libc_ver()[0] != "glibc":
         return False

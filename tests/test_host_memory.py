@@ -25,7 +25,9 @@ def test_tuned_environ_adds_tunables_and_keeps_the_users():
 def test_wanted_only_for_cpu_jax_and_not_opted_out():
     assert host_memory.wanted({"JAX_PLATFORMS": "cpu"})
     assert not host_memory.wanted({"JAX_PLATFORMS": "cuda"})
-    assert not host_memory.wanted({"JAX_PLATFORMS": "cpu", host_memory.OPT_OUT: "0"})
+    for off in ("0", "false", "Off", "no"):
+        assert not host_memory.wanted({"JAX_PLATFORMS": "cpu", host_memory.OPT_OUT: off})
+    assert host_memory.wanted({"JAX_PLATFORMS": "cpu", host_memory.OPT_OUT: "1"})
 
 
 def _run(env_extra):
