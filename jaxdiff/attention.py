@@ -10,10 +10,11 @@ rows are cut into groups whose logits fit in the L2 cache (about ``cache_element
 ``lax.map`` walks the groups, and a custom VJP keeps only each row's logsumexp and
 recomputes the group's softmax in the backward pass instead of storing it, as
 FlashAttention does (Dao et al. 2022, sec. 3.1, "recomputation"). Same numbers as
-``jax.nn.dot_product_attention`` to float32 rounding (tests/test_attention.py). One 16x16
-block of the benchmark UNet (batch 32, 8 heads of 8), fwd+bwd on 2 CPU cores: 158 ms with
-``jax.nn.dot_product_attention``, 68 ms here, 70 ms for PyTorch's fused kernel (README,
-"Performance").
+``jax.nn.dot_product_attention`` to float32 rounding (tests/test_attention.py). Fwd+bwd on
+2 CPU cores, batch 32 (``python -m experiments.benchmark --only attention``; README,
+"Performance"): one 16x16 block of the benchmark UNet (8 heads of 8) takes 92 ms with
+``jax.nn.dot_product_attention``, 47 ms here and 64 ms in PyTorch's fused kernel; DiT-S/2's
+(6 heads of 64) 115, 108 and 84 ms.
 
 On GPUs and TPUs the fused kernels behind ``jax.nn.dot_product_attention`` (cuDNN flash
 attention, XLA's fusions) are better, so ``implementation="auto"`` uses the grouped form on
@@ -49,26 +50,21 @@ def _backward(q, k, v, out, lse, d_out):
     """One group's (dq, dk, dv) from the saved logsumexp (Dao et al. 2022, alg. 4).
 
     With P = exp(S - lse): dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dO * O)),
-    dQ = dS K / sqrt(D), dK = dS^T Q / sqrt(D). The logits are recomputed in both
-    orientations, S (for dQ) and S^T (for dK, dV), so that every matmul contracts the last
-    axis of a row-major operand: XLA:CPU runs a transposed operand as a slow generic dot, and
-    one more (G, L, L) exp is cheaper (a 16x16 block fwd+bwd: 76 -> 62 ms).
+    dQ = dS K / sqrt(D), dK = dS^T Q / sqrt(D): one recomputed (G, L, L) logits and five
+    matmuls, as FlashAttention's backward. dV and dK contract P's and dS's row axis; with
+    jaxdiff's CPU options (oneDNN dots, ``jaxdiff.xla_options``) that transposed form runs
+    as fast as the others, where YNNPACK's had made recomputing the logits transposed the
+    cheaper way (README, "Performance").
     """
     scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
     f32 = dict(preferred_element_type=jnp.float32)
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # (G, Lq)
-
-    def d_logits(a, b, c, d, row_lse, row_delta):
-        """P and dS in one orientation: rows indexed by a's L, columns by b's."""
-        weights = jnp.exp(jnp.einsum("gad,gbd->gab", a, b, **f32) * scale - row_lse)
-        d_weights = jnp.einsum("gad,gbd->gab", c, d, **f32)
-        return weights, weights * (d_weights - row_delta) * scale
-
-    weights_t, d_logits_t = d_logits(k, q, v, d_out, lse[:, None, :], delta[:, None, :])
-    _, d_logits_q = d_logits(q, k, d_out, v, lse[:, :, None], delta[:, :, None])
-    dv = jnp.einsum("gkq,gqd->gkd", weights_t.astype(d_out.dtype), d_out, **f32)
-    dk = jnp.einsum("gkq,gqd->gkd", d_logits_t.astype(q.dtype), q, **f32)
-    dq = jnp.einsum("gqk,gkd->gqd", d_logits_q.astype(k.dtype), k, **f32)
+    weights = jnp.exp(jnp.einsum("gqd,gkd->gqk", q, k, **f32) * scale - lse[..., None])
+    d_weights = jnp.einsum("gqd,gkd->gqk", d_out, v, **f32)
+    d_logits = weights * (d_weights - delta[..., None]) * scale
+    dv = jnp.einsum("gqk,gqd->gkd", weights.astype(d_out.dtype), d_out, **f32)
+    dk = jnp.einsum("gqk,gqd->gkd", d_logits.astype(q.dtype), q, **f32)
+    dq = jnp.einsum("gqk,gkd->gqd", d_logits.astype(k.dtype), k, **f32)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
