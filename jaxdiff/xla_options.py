@@ -21,6 +21,11 @@ these (median of 3); DiT-S/2 at 0.89x with the previous options and 1.04x with t
 ``python -m experiments.benchmark --only train,dit --xla_options xla_cpu_use_onednn=false``
 times the same programs without oneDNN beside them.
 
+XLA cannot yet write a program with oneDNN kernels to JAX's persistent compilation cache
+(``JAX_COMPILATION_CACHE_DIR``): it compiles such a program again in each process and warns
+"Error writing persistent compilation cache entry ... thunk kind: onednn-fusion" at every
+compile. Importing this module filters that one warning (other cache errors still show).
+
 Other backends get no options. When the installed XLA does not know an option (they are
 experimental flags and may be renamed), ``compiler_options`` drops it, with a warning,
 rather than fail: the programs are only slower, never different.
@@ -33,6 +38,11 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+
+# The cost of CPU_OPTIONS' oneDNN fusions, explained in the docstring: not the user's to fix.
+warnings.filterwarnings(
+    "ignore", message=r"Error writing persistent compilation cache entry .*onednn",
+    category=UserWarning)
 
 CPU_OPTIONS: dict[str, str | bool] = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE",

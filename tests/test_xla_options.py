@@ -40,3 +40,26 @@ def test_same_numbers_as_xla_defaults():
     default = jax.jit(jax.value_and_grad(loss))(params)
     for a, b in zip(jax.tree.leaves(tuned), jax.tree.leaves(default), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+def test_onednn_programs_compile_quietly_with_a_persistent_cache(tmp_path):
+    # XLA cannot serialise oneDNN fusions into JAX's compilation cache; importing
+    # jaxdiff.xla_options keeps that per-compile warning off the user's stderr.
+    import subprocess
+    import sys
+
+    code = (
+        "import jax, jax.numpy as jnp\n"
+        "from jaxdiff import xla_options\n"
+        "f = xla_options.jit(lambda a, b: jnp.tanh(a @ b))\n"
+        "print(float(f(jnp.ones((64, 64)), jnp.ones((64, 64)))[0, 0]))\n"
+    )
+    env = {**__import__("os").environ, "JAX_PLATFORMS": "cpu",
+           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split()[-1]) == 1.0
+    assert "Error writing persistent compilation cache" not in proc.stderr, proc.stderr[-2000:]
