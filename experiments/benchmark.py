@@ -1,7 +1,7 @@
 """Side-by-side speed: jaxdiff against the same models in PyTorch, in ONE process.
 
     python -m experiments.benchmark --batch 32 --image_size 32 --repeats 5 --out bench.json
-    python -m experiments.benchmark --only train --xla_options xla_cpu_use_onednn=true
+    python -m experiments.benchmark --only train,dit --xla_options xla_cpu_use_onednn=false
     python -m experiments.benchmark --preset gpu --out $OUT/bench_gpu.json
     python -m experiments.benchmark --preset gpu_smoke --peak_tflops 1 --out /tmp/smoke.json
 
@@ -123,7 +123,7 @@ flags.DEFINE_string("dit_size", "S", "DiT preset of the dit section (S, B, L, XL
 flags.DEFINE_integer("dit_patch", 2, "DiT patch size.")
 flags.DEFINE_string(
     "xla_options", "", "Also time jax compiled with these XLA options, e.g. "
-    "'xla_cpu_use_onednn=true,xla_cpu_use_xnnpack=false'."
+    "'xla_cpu_use_onednn=false' (jaxdiff's CPU options without oneDNN dots)."
 )
 flags.DEFINE_bool(
     "xla_defaults", True, "Also time jax compiled with XLA's default options where jaxdiff "

@@ -12,8 +12,7 @@ it is (a developer may keep one between runs).
 The suite runs its files in parallel worker processes (pytest-xdist, ``addopts`` in
 pyproject.toml): much of a test's time is XLA compiling, which keeps one core busy, so one
 process left the second core of a 2-core machine mostly idle (25 min in one process, 17
-in two). Files that take minutes start first, so that no long file starts last and runs
-alone at the end.
+in two).
 """
 
 import os
@@ -23,24 +22,6 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-
-def _pin_worker_to_its_cores() -> None:
-    """In an xdist worker, run on its own share of the cores (the subprocesses it starts
-    inherit it): XLA sizes its thread pool by the cores a process may use, and two workers
-    that each spread over every core slowed each other down (the suite's CPU time rose from
-    25 to 32 minutes when it went from one process to two)."""
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(
-        "PYTEST_XDIST_WORKER_COUNT")
-    if not (worker and count and hasattr(os, "sched_setaffinity")):
-        return
-    cores = sorted(os.sched_getaffinity(0))
-    index, count = int(worker.removeprefix("gw")), int(count)
-    share = len(cores) // count
-    if share:
-        os.sched_setaffinity(0, cores[index * share:(index + 1) * share])
-
-
-_pin_worker_to_its_cores()
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxdiff-tests-xla-")
@@ -54,24 +35,12 @@ import pytest  # noqa: E402
 # with the CLI subprocesses some tests start).
 MAX_WORKERS = 4
 
-# Files of a minute or more on 2 cores, about longest first (`--durations`); the rest follow
-# in their usual order.
-LONG_FILES = ("test_notebooks.py", "test_crashes.py", "test_cli.py", "test_bench_gpu.py",
-              "test_end_to_end.py", "test_multihost.py", "test_controlnet.py",
-              "test_distill_cli.py", "test_readme.py", "test_fsdp.py")
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 
 
 def pytest_xdist_auto_num_workers(config):
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
-
-
-def pytest_collection_modifyitems(config, items):
-    """Long files first, each file's tests in their own order (module fixtures rely on it)."""
-    rank = {name: i for i, name in enumerate(LONG_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
 
 
 def pytest_sessionfinish(session, exitstatus):
