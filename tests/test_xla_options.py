@@ -1,6 +1,10 @@
 """jaxdiff.xla_options: the CPU compile options are taken, dropped when unknown, and do not
 change what a program computes."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,16 +49,13 @@ def test_same_numbers_as_xla_defaults():
 def test_onednn_programs_compile_quietly_with_a_persistent_cache(tmp_path):
     # XLA cannot serialise oneDNN fusions into JAX's compilation cache; importing
     # jaxdiff.xla_options keeps that per-compile warning off the user's stderr.
-    import subprocess
-    import sys
-
     code = (
         "import jax, jax.numpy as jnp\n"
         "from jaxdiff import xla_options\n"
         "f = xla_options.jit(lambda a, b: jnp.tanh(a @ b))\n"
         "print(float(f(jnp.ones((64, 64)), jnp.ones((64, 64)))[0, 0]))\n"
     )
-    env = {**__import__("os").environ, "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
