@@ -1,13 +1,14 @@
 """Shared test fixtures. Tests never touch the network.
 
 One persistent XLA compilation cache serves the whole pytest session: a program that
-several tests compile (the tiny digits UNet's train step and samplers, the README snippet,
-the notebooks' tiny models) is compiled once. It is set through JAX's environment
-variables before anything imports jax, so the subprocesses that the CLI, crash, multihost
-and README tests start, and the notebook kernels, share it too. The cache holds only
-compiled programs, keyed on the program, its compile options and the jax/XLA versions:
-what a test computes does not change. A JAX_COMPILATION_CACHE_DIR already set is used as
-it is (a developer may keep one between runs).
+several tests compile is compiled once. It is set through JAX's environment variables
+before anything imports jax, so the subprocesses that the CLI, crash, multihost and README
+tests start, and the notebook kernels, share it too. Programs that jaxdiff compiles with
+its CPU options (train steps, samplers: oneDNN dots, ``jaxdiff.xla_options``) are not
+cached: XLA cannot write oneDNN kernels to the cache yet, so those compile in each process.
+The cache holds only compiled programs, keyed on the program, its compile options and the
+jax/XLA versions: what a test computes does not change. A JAX_COMPILATION_CACHE_DIR
+already set is used as it is (a developer may keep one between runs).
 
 The suite runs its files in parallel worker processes (pytest-xdist, ``addopts`` in
 pyproject.toml): much of a test's time is XLA compiling, which keeps one core busy, so one

@@ -52,7 +52,7 @@ def test_notebook_is_committed_without_outputs(path):
 def test_notebook_runs_in_tiny_mode(path, monkeypatch):
     # The kernel inherits this environment: tiny sizes, CPU, this checkout importable
     # (as `pip install -e .` makes it) from the notebooks/ folder, and the session's XLA
-    # compilation cache (conftest.py), so notebooks that build the same model compile it once.
+    # compilation cache (conftest.py).
     monkeypatch.setenv("JAXDIFF_TINY", "1")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
