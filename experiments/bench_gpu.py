@@ -13,6 +13,10 @@ bf16 peak, ``experiments.bench_flops``) and ``peak_bytes`` (device memory; None 
   with the batch split over a ``Mesh`` of every device (``samplers.ddim(mesh=...)``) against
   the diffusers ``DDIMScheduler`` loop, per ``--sample_dtypes`` entry.
 
+With ``--profile_top N`` each jaxdiff row also carries ``profile``: its busy device time per
+call by kernel (the top N), and the share of it in matrix-unit kernels
+(``experiments.bench_profile``), printed to the log as well.
+
 PyTorch's float32 matmuls may use TF32 (``set_float32_matmul_precision('high')``), as
 jax's default precision does on GPUs; the JSON records both settings.
 """
@@ -26,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import bench_flops
+from experiments import bench_flops, bench_profile
 from experiments.bench_jax import (
     NUM_TIMESTEPS,
     check_param_counts,
@@ -83,6 +87,11 @@ def _timed_rows(
         row["model_flops_per_call"] = flops_per_call
         row["mfu"] = None if flops_per_call is None else bench_flops.mfu(
             flops_per_step=flops_per_call, seconds_per_step=row["median_s"], peak=peak)
+        if cfg.get("profile_top") and row["variant"].startswith("jaxdiff"):
+            row["profile"] = bench_profile.profile(fns[row["variant"]], calls=cfg["repeats"],
+                                                   top=cfg["profile_top"])
+            print(bench_profile.format_profile(f"{section} {row['variant']}", row["profile"]),
+                  flush=True)
     return rows
 
 

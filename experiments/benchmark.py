@@ -5,7 +5,7 @@
     python -m experiments.benchmark --preset gpu --out $OUT/bench_gpu.json
     python -m experiments.benchmark --preset gpu_smoke --peak_tflops 1 --out /tmp/smoke.json
 
-Sections (``--only``, comma list): ``train``, ``sample``, ``dit``, ``canny`` (the CPU set,
+Sections (``--only``, comma list, run in the order given): ``train``, ``sample``, ``dit``, ``canny`` (the CPU set,
 ``experiments.bench_sections``), ``attention`` (one attention fwd+bwd, jax vs PyTorch,
 ``experiments.bench_attention``) and ``unet_dtypes``, ``dit_mfu``, ``ddim_sharded`` (the GPU
 set, ``experiments.bench_gpu``: UNet train fp32/bf16 vs PyTorch eager and
@@ -146,6 +146,10 @@ flags.DEFINE_float(
     "peak_tflops", None, "Chip peak (dense bf16 TFLOP/s) for MFU; default from "
     "experiments.bench_flops.PEAK_BF16_TFLOPS by device kind (none for CPUs)."
 )
+flags.DEFINE_integer(
+    "profile_top", 0, "GPU sections: after timing, trace each jaxdiff variant with "
+    "jax.profiler and report its top N device ops (0: no trace)."
+)
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON here (and .md beside it).")
 
 
@@ -176,7 +180,7 @@ def make_config(v: dict[str, Any]) -> dict[str, Any]:
         sample_dtypes=parse_names(v["sample_dtypes"]), torch_compile=torch_compile,
         dit_sizes=parse_names(v["dit_sizes"]), dit_batches=parse_ints(v["dit_batches"]),
         dit_image_size=v["dit_image_size"], dit_in_channels=v["dit_in_channels"],
-        dit_depth=v["dit_depth"], dit_dtype=v["dit_dtype"],
+        dit_depth=v["dit_depth"], dit_dtype=v["dit_dtype"], profile_top=v["profile_top"],
         peak_flops=bench_flops.peak_flops(jax.devices()[0].device_kind,
                                           override_tflops=v["peak_tflops"]),
     )
@@ -259,9 +263,7 @@ def main(argv: list[str]) -> None:
     print(json.dumps(env))
     rows: list[dict[str, Any]] = []
     section_fns = _section_fns()
-    for section in SECTIONS:
-        if section not in cfg["only"]:
-            continue
+    for section in cfg["only"]:  # in the order given: a run cut short keeps the first
         start = time.perf_counter()
         new = section_fns[section](cfg, variant_kw)
         print(f"{section}: {time.perf_counter() - start:.0f} s")

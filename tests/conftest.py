@@ -21,7 +21,26 @@ import pathlib
 import shutil
 import tempfile
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def platforms_for_tests(platforms: str | None) -> str:
+    """JAX_PLATFORMS for the tests: the CPU by default; an accelerator run
+    (``JAX_PLATFORMS=cuda``) keeps the CPU beside it, which ``jax.debug.callback`` needs to
+    hand arrays to Python (on an H200 with 'cuda' alone every test that records through it
+    stopped with "Unknown backend cpu")."""
+    if not platforms:
+        return "cpu"
+    names = [p.strip() for p in platforms.split(",") if p.strip()]
+    return ",".join(names if "cpu" in names else [*names, "cpu"])
+
+
+os.environ["JAX_PLATFORMS"] = platforms_for_tests(os.environ.get("JAX_PLATFORMS"))
+# The tests compare float32 arithmetic with float32/float64 oracles (numpy, closed forms,
+# diffusers' PyTorch). On GPUs JAX's default precision lets float32 matmuls and convolutions
+# round their inputs to TF32 (10 mantissa bits, ~5e-4 relative): on an H200 that moved the
+# attention, the UNet-vs-diffusers and the remat comparisons by 2e-4 to 1.2e-3. "highest" is
+# float32 everywhere; CPUs compute float32 dots in float32 either way.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxdiff-tests-xla-")

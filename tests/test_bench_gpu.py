@@ -9,9 +9,11 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
-from experiments import benchmark
+from experiments import bench_profile, benchmark
 from experiments.bench_timing import make_rows, markdown_table
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -56,6 +58,25 @@ def test_table_with_mfu_memory_and_two_references():
     assert lines[3].endswith("| - | - |")
 
 
+def test_profile_summary_sums_kernels_per_call():
+    events = [dict(name="sm90_xmma_gemm_bf16", dur=300.0), dict(name="loop_fusion", dur=50.0),
+              dict(name="sm90_xmma_gemm_bf16", dur=100.0), dict(name="loop_fusion", dur=50.0)]
+    got = bench_profile.summarize(events, calls=2, top=1)
+    assert got["busy_ms_per_call"] == pytest.approx(0.25)  # 500 us over 2 calls
+    assert got["matmul_share"] == pytest.approx(0.8) and got["kernels_per_call"] == 2
+    assert got["top_ops"] == [dict(name="sm90_xmma_gemm_bf16", ms_per_call=0.2, share=0.8,
+                                   launches_per_call=1.0)]
+
+
+def test_profile_traces_a_jitted_program():
+    f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
+    x = jnp.ones((256, 256))
+    f(x).block_until_ready()
+    got = bench_profile.profile(lambda: f(x).block_until_ready(), calls=2, top=3)
+    assert got["busy_ms_per_call"] > 0 and 1 <= len(got["top_ops"]) <= 3
+    assert "profile" in bench_profile.format_profile("tanh", got)
+
+
 @pytest.mark.slow
 def test_gpu_smoke_preset_writes_every_row(tmp_path):
     pytest.importorskip("torch")
@@ -67,7 +88,7 @@ def test_gpu_smoke_preset_writes_every_row(tmp_path):
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
     run = subprocess.run(
         [sys.executable, "-m", "experiments.benchmark", "--preset", "gpu_smoke",
-         "--peak_tflops", "1", "--out", str(out)],
+         "--peak_tflops", "1", "--profile_top", "5", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -88,6 +109,12 @@ def test_gpu_smoke_preset_writes_every_row(tmp_path):
         assert math.isfinite(row["mfu"]) and row["mfu"] > 0
         assert row["model_flops_per_call"] > 0
         assert "peak_bytes" in row  # None on the CPU, bytes on a GPU
+        if row["variant"].startswith("jaxdiff"):  # --profile_top: a trace of its calls
+            prof = row["profile"]
+            assert prof["busy_ms_per_call"] > 0 and 1 <= len(prof["top_ops"]) <= 5
+            assert 0 <= prof["matmul_share"] <= 1
+        else:
+            assert "profile" not in row
         if row["section"].startswith("train UNet"):  # ratios to eager and torch.compile
             assert len(row["vs"]) == 2 and all(map(math.isfinite, row["vs"].values()))
     assert (tmp_path / "bench.md").read_text().count("\n") == len(result["rows"]) + 2
