@@ -5,6 +5,7 @@ the one registered first."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -15,8 +16,15 @@ def define(define_fn: Callable[..., flags.FlagHolder], name: str, *args: Any,
            **kwargs: Any) -> flags.FlagHolder:
     """``define_fn(name, *args, **kwargs)`` (``flags.DEFINE_string``,
     ``config_flags.DEFINE_config_file``, ...) unless a flag called ``name`` is registered
-    already; then a holder of that flag."""
+    already; then a holder of that flag.
+
+    The flag is a key flag of the module that calls ``define`` (absl would otherwise file it
+    under this module), so ``python -m experiments.<cli> --help`` lists it."""
     flag_values = kwargs.get("flag_values", flags.FLAGS)
-    if name in flag_values:
-        return flags.FlagHolder(flag_values, flag_values[name])
-    return define_fn(name, *args, **kwargs)
+    holder = (flags.FlagHolder(flag_values, flag_values[name]) if name in flag_values
+              else define_fn(name, *args, **kwargs))
+    caller = sys._getframe(1).f_globals.get("__name__", "")
+    # absl names the program's own module by its path (``sys.argv[0]``), not "__main__".
+    module = sys.argv[0] if caller == "__main__" else caller
+    flag_values.register_key_flag_for_module(module, flag_values[name])
+    return holder
