@@ -135,4 +135,3 @@ def make_progressive_distillation_loss(
         return loss, {"loss": loss, "mse_x0": jnp.mean(per_example)}
 
     return loss_fn
-

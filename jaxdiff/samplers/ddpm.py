@@ -23,7 +23,6 @@ from jaxdiff.samplers._core import (
 from jaxdiff.schedules import Schedule
 
 
-
 def eps_mean(schedule: Schedule, x_t: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
     """DDPM eq. 11: mu = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps).
 
@@ -55,8 +54,6 @@ def posterior_variance(schedule: Schedule, t: jax.Array) -> jax.Array:
     beta, _, _ = tables(schedule, t, jnp.float32)
     ab_prev = alpha_bar_prev(schedule, t, jnp.float32)
     return (1.0 - ab_prev) * beta / ((1.0 - ab_prev) + ab_prev * beta)
-
-
 
 
 def ddpm(
