@@ -17,7 +17,6 @@ import importlib
 from jaxdiff import (
     conditioning,
     distillation,
-    dpm_solver,
     guidance,
     losses,
     models,
@@ -27,6 +26,8 @@ from jaxdiff import (
     train,
     viz,
 )
+# DPM-Solver++'s module, also reachable as jd.dpm_solver.
+from jaxdiff.samplers import dpm_solver
 
 _LAZY = ("data", "sources", "checkpoint", "evaluation", "pretrained")
 

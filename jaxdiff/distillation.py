@@ -22,20 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff import conditioning, guidance, schedules
-from jaxdiff.losses import ApplyFn, Batch, LossFn, Metrics, _image, _model_cond
-from jaxdiff.samplers import DenoiseFn, alpha_bar_at
-
-
-def ddim_step(
-    x_t: jax.Array, x0: jax.Array, ab_t: jax.Array, ab_s: jax.Array
-) -> jax.Array:
-    """Deterministic DDIM (Song et al. 2021, eq. 12, eta = 0) from alpha_bar ``ab_t`` to
-    ``ab_s`` given the x0 prediction: z_s = alpha_s x0 + sigma_s / sigma_t (z_t - alpha_t x0)
-    (Salimans & Ho alg. 2's update). ab_s = 1 (the clean image) gives x0. ab_t, ab_s are
-    (B,) and broadcast over x's other axes."""
-    ab_t, ab_s = _per_example(ab_t, x_t), _per_example(ab_s, x_t)
-    alpha_t, sigma_t = jnp.sqrt(ab_t), jnp.sqrt(1.0 - ab_t)
-    return jnp.sqrt(ab_s) * x0 + jnp.sqrt(1.0 - ab_s) / sigma_t * (x_t - alpha_t * x0)
+from jaxdiff.losses import ApplyFn, Batch, LossFn, Metrics, batch_image, model_cond
+from jaxdiff.samplers import DenoiseFn, alpha_bar_at, ddim_step
 
 
 def distillation_target(
@@ -58,10 +46,14 @@ def distillation_target(
     """
     half = schedule.num_timesteps // (2 * int(num_student_steps))
     t_mid, t_end = t - half, t - 2 * half
-    ab_t, ab_mid, ab_end = (alpha_bar_at(schedule, s) for s in (t, t_mid, t_end))
-    z_mid = ddim_step(z_t, teacher_x0(z_t, t), ab_t, ab_mid)
-    z_end = ddim_step(z_mid, teacher_x0(z_mid, t_mid), ab_mid, ab_end)
-    ab_t, ab_end = _per_example(ab_t, z_t), _per_example(ab_end, z_t)
+    ab_t, ab_mid, ab_end = (
+        schedules.per_example(alpha_bar_at(schedule, s), like=z_t) for s in (t, t_mid, t_end)
+    )
+    # Deterministic DDIM (eq. 12, eta = 0), the teacher's two steps.
+    z_mid = ddim_step(x_t=z_t, x0=teacher_x0(z_t, t), alpha_bar=ab_t, alpha_bar_prev=ab_mid)
+    z_end = ddim_step(
+        x_t=z_mid, x0=teacher_x0(z_mid, t_mid), alpha_bar=ab_mid, alpha_bar_prev=ab_end
+    )
     ratio = jnp.sqrt(1.0 - ab_end) / jnp.sqrt(1.0 - ab_t)
     return (z_end - ratio * z_t) / (jnp.sqrt(ab_end) - ratio * jnp.sqrt(ab_t))
 
@@ -113,13 +105,13 @@ def make_progressive_distillation_loss(
         )
 
     def loss_fn(params: Any, batch: Batch, key: jax.Array) -> tuple[jax.Array, Metrics]:
-        x = _image(batch)
+        x = batch_image(batch)
         key_t, key_noise, key_drop, key_dropout = jax.random.split(key, 4)
         k = jax.random.randint(key_t, (x.shape[0],), 1, n + 1, jnp.int32)
         t = k * (T // n) - 1
         z_t = schedules.q_sample(schedule, x, t, jax.random.normal(key_noise, x.shape))
         cond = conditioning.drop_cond(
-            key_drop, _model_cond(batch, num_classes), prob=cond_drop_prob,
+            key_drop, model_cond(batch, num_classes=num_classes), prob=cond_drop_prob,
             num_classes=num_classes,
         )
 
@@ -143,7 +135,3 @@ def make_progressive_distillation_loss(
         return loss, {"loss": loss, "mse_x0": jnp.mean(per_example)}
 
     return loss_fn
-
-
-def _per_example(values: jax.Array, x: jax.Array) -> jax.Array:
-    return values.reshape(values.shape + (1,) * (x.ndim - values.ndim)).astype(x.dtype)

@@ -110,7 +110,7 @@ def classifier_guidance(
         labels = class_labels(cond)
         out = denoise_fn(x_t, t, cond)
         grad = log_prob_grad(classifier_fn, x_t, t, labels)
-        alpha_bar = schedule.alpha_bars[t].reshape((-1,) + (1,) * (x_t.ndim - 1))
+        alpha_bar = schedules.per_example(schedule.alpha_bars[t], like=x_t)
         sigma, alpha = jnp.sqrt(1.0 - alpha_bar), jnp.sqrt(alpha_bar)
         d_eps = -scale * sigma * grad
         d_out = schedules.target(schedule, -(sigma / alpha) * d_eps, t, d_eps, prediction)

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdiff import conditioning, schedules
+from jaxdiff.schedules import CORRUPTION_TIMESTEPS
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -42,9 +43,6 @@ LossWeighting = Literal["none", "min_snr"]
 LOSS_WEIGHTINGS = ("none", "min_snr")
 
 COND_KEYS = ("label", "context", "hint")
-# The corruption baseline has no discrete steps; the amount in [0, 1] is reported to the
-# model on the usual 1000-step integer scale so that a time-conditioned model could use it.
-CORRUPTION_TIMESTEPS = 1000
 
 
 def batch_cond(batch: Batch) -> conditioning.Cond:
@@ -102,14 +100,14 @@ def make_denoising_loss(
         raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
 
     def loss_fn(params: Any, batch: Batch, key: jax.Array) -> tuple[jax.Array, Metrics]:
-        x0 = _image(batch)
+        x0 = batch_image(batch)
         batch_size = x0.shape[0]
         key_t, key_noise, key_drop, key_dropout = jax.random.split(key, 4)
         t = jax.random.randint(key_t, (batch_size,), 0, schedule.num_timesteps, jnp.int32)
         noise = jax.random.normal(key_noise, x0.shape, jnp.float32)
         x_t = schedules.q_sample(schedule, x0, t, noise)
         cond = conditioning.drop_cond(
-            key_drop, _model_cond(batch, num_classes), prob=cond_drop_prob,
+            key_drop, model_cond(batch, num_classes=num_classes), prob=cond_drop_prob,
             num_classes=num_classes,
         )
         output = apply_fn(
@@ -144,16 +142,16 @@ def make_corruption_loss(apply_fn: ApplyFn, *, num_classes: int | None = None) -
     """
 
     def loss_fn(params: Any, batch: Batch, key: jax.Array) -> tuple[jax.Array, Metrics]:
-        x = _image(batch)
+        x = batch_image(batch)
         key_amount, key_noise, key_dropout = jax.random.split(key, 3)
         amount = jax.random.uniform(key_amount, (x.shape[0],), jnp.float32)
         noise = jax.random.uniform(key_noise, x.shape, jnp.float32, minval=-1.0, maxval=1.0)
-        a = amount.reshape((-1,) + (1,) * (x.ndim - 1))
+        a = schedules.per_example(amount, like=x)
         x_noisy = x * (1.0 - a) + noise * a
         t = jnp.round(amount * (CORRUPTION_TIMESTEPS - 1)).astype(jnp.int32)
         output = apply_fn(
-            {"params": params}, x_noisy, t, _model_cond(batch, num_classes), train=True,
-            rngs={"dropout": key_dropout},
+            {"params": params}, x_noisy, t, model_cond(batch, num_classes=num_classes),
+            train=True, rngs={"dropout": key_dropout},
         ).astype(jnp.float32)
         loss = jnp.mean(jnp.square(output - x))
         return loss, {"loss": loss}
@@ -177,7 +175,7 @@ def make_noisy_classifier_loss(apply_fn: ApplyFn, schedule: schedules.Schedule) 
     """
 
     def loss_fn(params: Any, batch: Batch, key: jax.Array) -> tuple[jax.Array, Metrics]:
-        x0 = _image(batch)
+        x0 = batch_image(batch)
         if "label" not in batch:
             raise ValueError(
                 "the noisy-classifier loss needs labelled data: a batch with a 'label' entry "
@@ -196,7 +194,8 @@ def make_noisy_classifier_loss(apply_fn: ApplyFn, schedule: schedules.Schedule) 
     return loss_fn
 
 
-def _image(batch: Batch) -> jax.Array:
+def batch_image(batch: Batch) -> jax.Array:
+    """The batch's 'image' entry as float32 (B, H, W, C); a clear error without one."""
     if "image" not in batch:
         raise ValueError(
             f"a batch must be a dict with an 'image' entry (B, H, W, C); got keys {sorted(batch)}"
@@ -204,7 +203,7 @@ def _image(batch: Batch) -> jax.Array:
     return jnp.asarray(batch["image"], jnp.float32)
 
 
-def _model_cond(batch: Batch, num_classes: int | None) -> conditioning.Cond:
+def model_cond(batch: Batch, *, num_classes: int | None) -> conditioning.Cond:
     """``batch_cond`` without the 'label' entry when the model takes no labels."""
     if num_classes is None:
         batch = {k: v for k, v in batch.items() if k != "label"}

@@ -27,6 +27,10 @@ import jax.numpy as jnp
 
 Prediction = Literal["eps", "x0", "v"]
 PREDICTIONS = ("eps", "x0", "v")
+# The corruption baseline (losses.make_corruption_loss, samplers.corruption) has no discrete
+# steps; the amount in [0, 1] is reported to the model on the usual 1000-step integer scale
+# so that a time-conditioned model could use it.
+CORRUPTION_TIMESTEPS = 1000
 
 
 @flax.struct.dataclass
@@ -113,10 +117,14 @@ def _check_T(num_timesteps: int) -> None:
         raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
 
 
+def per_example(values: jax.Array, *, like: jax.Array) -> jax.Array:
+    """Per-example values reshaped to broadcast against ``like``: (B,) -> (B, 1, ..., 1)."""
+    return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
+
+
 def _at(table: jax.Array, t: jax.Array, x: jax.Array) -> jax.Array:
-    """table[t] reshaped to broadcast against x: (B,) -> (B, 1, 1, ..., 1)."""
-    values = table[jnp.asarray(t, jnp.int32)]
-    return values.reshape(values.shape + (1,) * (x.ndim - values.ndim)).astype(x.dtype)
+    """table[t] reshaped to broadcast against x: (B,) -> (B, 1, 1, ..., 1), in x's dtype."""
+    return per_example(table[jnp.asarray(t, jnp.int32)], like=x).astype(x.dtype)
 
 
 def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:

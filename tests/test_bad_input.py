@@ -11,6 +11,7 @@ from test_cli import tiny_config, user_error
 
 from experiments import train, train_health, workdir_lock
 from jaxdiff import sources
+from jaxdiff.sources import tfds_source
 
 
 def npy_config(tmp_path, images, labels=None, **model):
@@ -131,7 +132,7 @@ def test_offline_tfds_configs_name_the_alternatives(tmp_path, capsys, monkeypatc
     # 56-line traceback.
     import importlib
 
-    monkeypatch.setattr(sources, "_reachable", lambda host, **kw: False)
+    monkeypatch.setattr(tfds_source, "_reachable", lambda host, **kw: False)
     monkeypatch.setattr("urllib.request.getproxies", lambda: {})
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     config = importlib.import_module(f"configs.{config_name}").get_config()

@@ -239,10 +239,10 @@ def test_missing_npy_file(tmp_path, capsys):
 
 
 def test_tfds_offline_names_the_ways_out(tmp_path, capsys, monkeypatch):
-    from jaxdiff import sources
+    from jaxdiff.sources import tfds_source
 
     # No network in tests: every host is unreachable and there is no proxy.
-    monkeypatch.setattr(sources, "_reachable", lambda host, **kw: False)
+    monkeypatch.setattr(tfds_source, "_reachable", lambda host, **kw: False)
     monkeypatch.setattr("urllib.request.getproxies", lambda: {})
     config = tiny_config()
     config.data.update(

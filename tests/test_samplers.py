@@ -201,6 +201,28 @@ def test_ddim_matches_numpy_reference(eta, clip_x0):
     np.testing.assert_allclose(out, x, atol=5e-5)
 
 
+def test_ddim_step_is_salimans_ho_update():
+    """Eta = 0: z_s = alpha_s x0 + sigma_s / sigma_t (z_t - alpha_t x0), per example; the
+    clean image (ab_s = 1) gives x0; a given eps is used as is."""
+    kx, k0 = jax.random.split(jax.random.key(3))
+    x_t, x0 = jax.random.normal(kx, SHAPE), jax.random.normal(k0, SHAPE)
+    ab_t = np.array([0.3, 0.6, 0.9], np.float32)
+    ab_s = np.array([0.5, 0.8, 1.0], np.float32)
+    got = samplers.ddim_step(
+        x_t=x_t, x0=x0, alpha_bar=schedules.per_example(jnp.asarray(ab_t), like=x_t),
+        alpha_bar_prev=schedules.per_example(jnp.asarray(ab_s), like=x_t),
+    )
+    a_t, a_s = ab_t[:, None, None, None], ab_s[:, None, None, None]
+    want = np.sqrt(a_s) * x0 + np.sqrt(1 - a_s) / np.sqrt(1 - a_t) * (x_t - np.sqrt(a_t) * x0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got[2], x0[2])
+    eps = jnp.ones(SHAPE)
+    np.testing.assert_allclose(
+        samplers.ddim_step(x_t=x_t, x0=x0, alpha_bar=0.5, alpha_bar_prev=0.75, eps=eps),
+        np.sqrt(0.75) * x0 + 0.5 * eps, rtol=1e-6,
+    )
+
+
 def test_ddim_determinism():
     noise = jax.random.normal(jax.random.key(9), SHAPE)
     k1, k2 = jax.random.key(10), jax.random.key(11)

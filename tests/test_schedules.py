@@ -78,3 +78,11 @@ def test_v_is_salimans_ho_definition():
     ab = float(s.alpha_bars[400])
     v = float(schedules.v_from(s, x0, t, eps)[0, 0])
     assert v == pytest.approx(np.sqrt(ab) * -1.2 - np.sqrt(1 - ab) * 0.5, rel=1e-6)
+
+
+def test_per_example_broadcasts_against_the_batch():
+    x = jnp.zeros((3, 4, 5, 2))
+    values = jnp.arange(3.0)
+    out = schedules.per_example(values, like=x)
+    assert out.shape == (3, 1, 1, 1)
+    np.testing.assert_array_equal((out + x)[:, 2, 3, 1], values)

@@ -2,7 +2,7 @@
 Probabilistic Models"): a multistep solver of the probability-flow ODE in data-prediction
 form, the strongest training-free few-step sampler next to DDIM.
 
-Same contract as the samplers in ``jaxdiff.samplers`` (and importable from there):
+Same contract as the other samplers of ``jaxdiff.samplers`` (and exported there):
 ``dpm_solver_pp(denoise_fn, schedule, key, shape, *, ...) -> (samples, trajectory)``, one
 ``lax.scan``, the batch sharding-constrained over ``mesh``.
 """
@@ -17,15 +17,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxdiff import schedules
-from jaxdiff.samplers import (
-    DenoiseFn,
-    Result,
-    Spacing,
-    _initial,
-    _scan,
-    alpha_bar_at,
-    timestep_grid,
-)
+from jaxdiff.samplers._core import DenoiseFn, Result, alpha_bar_at, initial, scan
+from jaxdiff.samplers.grids import Spacing, timestep_grid
 from jaxdiff.schedules import Schedule
 
 
@@ -69,7 +62,7 @@ def dpm_solver_pp(
     if order not in (1, 2):
         raise ValueError(f"dpm_solver_pp order must be 1 or 2, got {order}")
     ts, ts_next = timestep_grid(schedule.num_timesteps, num_steps, spacing)
-    x_init = _initial(jax.random.split(key)[0], shape, initial_noise)
+    x_init = initial(jax.random.split(key)[0], shape, initial_noise)
 
     # Per-step coefficients from the tables (traced when the schedule is a jit argument).
     ab, ab_next = alpha_bar_at(schedule, ts), alpha_bar_at(schedule, ts_next)
@@ -100,7 +93,7 @@ def dpm_solver_pp(
         x_next = ratio * (x - a.astype(x.dtype) * d) + a_next.astype(x.dtype) * d
         return x_next, x0
 
-    return _scan(
+    return scan(
         step,
         x_init,
         coefs,
