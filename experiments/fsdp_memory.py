@@ -19,47 +19,30 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-_DEVICES = flags.DEFINE_integer("devices", 8, "Devices to simulate when there are fewer.")
-_FSDP = flags.DEFINE_list("fsdp", ["1", "8"], "mesh.fsdp values to compare.")
+from experiments.bench.state_memory import report
+from experiments.runtime.flag_defs import define
 
 
-def report(config, *, fsdp_values) -> list[dict]:
-    """One row per fsdp value: parameter count, state bytes per device (max over devices)
-    and, of those, the params' own bytes."""
-    import jax
-
-    from experiments import from_config
-    from jaxdiff import train as jd_train
-
-    model = from_config.build_model(config)
-    optimizer = from_config.build_optimizer(config)
-    shapes = jax.eval_shape(
-        lambda key: from_config.init_state(config, model, optimizer, key), jax.random.key(0)
-    )
-    rows = []
-    for fsdp in fsdp_values:
-        mesh = jd_train.make_mesh(fsdp=fsdp)
-        shardings = jd_train.state_shardings(shapes, mesh)
-        state = jd_train.bytes_per_device(shapes, shardings)
-        params = jd_train.bytes_per_device(shapes.params, shardings.params)
-        rows.append(dict(
-            devices=mesh.size, fsdp=fsdp,
-            num_params=sum(int(x.size) for x in jax.tree.leaves(shapes.params)),
-            params_bytes_per_device=max(params.values()),
-            state_bytes_per_device=max(state.values()),
-        ))
-    return rows
+def define_flags() -> None:
+    """Registers ``--config``, ``--devices`` and ``--fsdp`` (those another CLI registered
+    already are shared)."""
+    define(config_flags.DEFINE_config_file, "config", None, "Experiment config file.",
+           lock_config=True)
+    define(flags.DEFINE_integer, "devices", 8, "Devices to simulate when there are fewer.")
+    define(flags.DEFINE_list, "fsdp", ["1", "8"], "mesh.fsdp values to compare.")
+    for name in ("config", "devices", "fsdp"):
+        flags.declare_key_flag(name)  # listed by --help, which shows the main module's flags
 
 
 def main(argv):
     del argv
     import jax
 
-    if len(jax.devices()) < _DEVICES.value:
+    devices = flags.FLAGS.devices
+    if len(jax.devices()) < devices:
         sys.exit(f"error: only {len(jax.devices())} devices; run with XLA_FLAGS="
-                 f"--xla_force_host_platform_device_count={_DEVICES.value}")
-    for row in report(flags.FLAGS.config, fsdp_values=[int(v) for v in _FSDP.value]):
+                 f"--xla_force_host_platform_device_count={devices}")
+    for row in report(flags.FLAGS.config, fsdp_values=[int(v) for v in flags.FLAGS.fsdp]):
         print(f"devices={row['devices']} fsdp={row['fsdp']}: {row['num_params']:,} params, "
               f"per device {row['params_bytes_per_device']:,} bytes "
               f"({row['params_bytes_per_device'] / 2**20:,.1f} MiB) of params, "
@@ -73,4 +56,5 @@ if __name__ == "__main__":
         count = next((a.split("=")[1] for a in sys.argv if a.startswith("--devices=")), "8")
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={count}")
+    define_flags()
     app.run(main)

@@ -1,4 +1,4 @@
-"""experiments.bench_flops: the DiT FLOP formula against an exact count, the peak table, MFU."""
+"""experiments.bench.flops: the DiT FLOP formula against an exact count, the peak table, MFU."""
 
 import math
 
@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import bench_flops
+from experiments.bench import flops as bench_flops
 from jaxdiff.models.dit import DiT
 
 

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import bench_profile, benchmark
-from experiments.bench_timing import make_rows, markdown_table
+from experiments.bench import config, profile
+from experiments.bench.timing import make_rows, markdown_table
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OPTIONAL = ("ml_collections", "grain", "tensorflow_datasets", "diffusers", "torch")
@@ -26,8 +26,10 @@ def test_importing_the_benchmark_needs_no_optional_package():
     code = (
         "import sys\n"
         f"for name in {OPTIONAL!r}: sys.modules[name] = None\n"
-        "import experiments.benchmark, experiments.bench_gpu, experiments.bench_sections\n"
-        "import experiments.bench_flops, experiments.bench_jax, experiments.bench_timing\n"
+        "import experiments.benchmark, experiments.bench.gpu, experiments.bench.sections\n"
+        "import experiments.bench.flops, experiments.bench.jax_side, experiments.bench.timing\n"
+        "import experiments.bench.attention, experiments.bench.profile\n"
+        "import experiments.bench.config, experiments.bench.results\n"
         "print('imported')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
@@ -36,13 +38,28 @@ def test_importing_the_benchmark_needs_no_optional_package():
     assert "imported" in out.stdout
 
 
+def test_benchmark_flags_are_registered_by_define_flags_only():
+    code = (
+        "from absl import flags\n"
+        "import experiments.benchmark as b, experiments.fsdp_memory as f\n"
+        "assert not {'preset', 'out', 'only', 'config', 'fsdp'} & set(flags.FLAGS)\n"
+        "b.define_flags(); f.define_flags(); b.define_flags()\n"
+        "assert {'preset', 'out', 'only', 'config', 'fsdp'} <= set(flags.FLAGS)\n"
+        "print('defined')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "defined" in out.stdout
+
+
 def test_preset_defaults_yield_to_flags_given():
     values = {"batch": 32, "only": "train", "repeats": 5}
-    got = benchmark.flag_values("gpu", values, {"batch"})
+    got = config.flag_values("gpu", values, {"batch"})
     assert got["batch"] == 32  # given on the command line
-    assert got["repeats"] == benchmark.PRESETS["gpu"]["repeats"]
-    assert got["only"] == ",".join(benchmark.GPU_SECTIONS)
-    assert benchmark.flag_values(None, values, set()) == values
+    assert got["repeats"] == config.PRESETS["gpu"]["repeats"]
+    assert got["only"] == ",".join(config.GPU_SECTIONS)
+    assert config.flag_values(None, values, set()) == values
 
 
 def test_table_with_mfu_memory_and_two_references():
@@ -61,7 +78,7 @@ def test_table_with_mfu_memory_and_two_references():
 def test_profile_summary_sums_kernels_per_call():
     events = [dict(name="sm90_xmma_gemm_bf16", dur=300.0), dict(name="loop_fusion", dur=50.0),
               dict(name="sm90_xmma_gemm_bf16", dur=100.0), dict(name="loop_fusion", dur=50.0)]
-    got = bench_profile.summarize(events, calls=2, top=1)
+    got = profile.summarize(events, calls=2, top=1)
     assert got["busy_ms_per_call"] == pytest.approx(0.25)  # 500 us over 2 calls
     assert got["matmul_share"] == pytest.approx(0.8) and got["kernels_per_call"] == 2
     assert got["top_ops"] == [dict(name="sm90_xmma_gemm_bf16", ms_per_call=0.2, share=0.8,
@@ -72,9 +89,9 @@ def test_profile_traces_a_jitted_program():
     f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
     x = jnp.ones((256, 256))
     f(x).block_until_ready()
-    got = bench_profile.profile(lambda: f(x).block_until_ready(), calls=2, top=3)
+    got = profile.profile(lambda: f(x).block_until_ready(), calls=2, top=3)
     assert got["busy_ms_per_call"] > 0 and 1 <= len(got["top_ops"]) <= 3
-    assert "profile" in bench_profile.format_profile("tanh", got)
+    assert "profile" in profile.format_profile("tanh", got)
 
 
 @pytest.mark.slow

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Wheels that `python -m experiments.benchmark --preset gpu` needs beyond a CUDA image with
 # jax, flax, optax, torch and numpy: diffusers (the PyTorch UNet2DModel and DDIMScheduler it
-# times). Its requirements huggingface-hub>=1.32, safetensors>=0.8, regex, requests,
-# filelock and Pillow are on the H200 image (its package list, 2026-11: huggingface_hub
-# 1.33.0, safetensors 0.8.0); importlib_metadata is not, but diffusers imports it only on
-# Python < 3.8 (the image has 3.12), and the newest pulls lazy-importer, so it stays behind.
-# ml_collections, grain and TFDS are not needed: the benchmark never imports them.
+# times), for a GPU machine that cannot reach a package index. Its requirements
+# huggingface-hub>=1.32, safetensors>=0.8, regex, requests, filelock and Pillow are on common
+# CUDA images (checked on one with huggingface_hub 1.33.0, safetensors 0.8.0);
+# importlib_metadata is not, but diffusers imports it only on Python < 3.8 (the image has
+# 3.12), and the newest pulls lazy-importer, so it stays out. ml_collections, grain and TFDS
+# are not needed: the benchmark never imports them.
 #
-# Here, with PyPI reachable (once; about 6 MB, far under a 64 MiB carry):
-#     bash experiments/gpu_wheels.sh            # EXTRA="name==ver ..." adds others
-# There, before the benchmark (the folder is git-ignored, so name it to be carried):
+# On a machine that reaches PyPI (about 6 MB):
+#     bash experiments/bench/gpu_wheels.sh      # EXTRA="name==ver ..." adds others
+# Copy the repository with its .gpu_wheels/ folder (git-ignored) to the GPU machine; there,
+# before the benchmark:
 #     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
 #         --target /tmp/site .gpu_wheels/*.whl && export PYTHONPATH=/tmp/site
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."  # the repository root
 version=${DIFFUSERS_VERSION:-0.42.1}  # the version the CPU benchmark and tests ran with
 rm -rf .gpu_wheels
 # Pure-Python wheels; the platform and Python tags are those of the GPU image (CPython 3.12,

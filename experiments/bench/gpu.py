@@ -1,21 +1,21 @@
 """experiments.benchmark's GPU sections (``--preset gpu``; ``--preset gpu_smoke`` runs the same
 code at toy sizes on a CPU). Each row carries ``mfu`` (model FLOPs / s over the chip's dense
-bf16 peak, ``experiments.bench_flops``) and ``peak_bytes`` (device memory; None on a CPU).
+bf16 peak, ``experiments.bench.flops``) and ``peak_bytes`` (device memory; None on a CPU).
 
-* ``unet_dtypes``: the UNet train step (``experiments.bench_sections``' recipe) once per
+* ``unet_dtypes``: the UNet train step (``experiments.bench.sections``' recipe) once per
   ``--train_dtypes`` entry: jaxdiff's ``UNet(dtype=...)`` (params float32) against diffusers'
   ``UNet2DModel`` in PyTorch eager and under ``torch.compile`` (bf16: ``torch.autocast``),
   interleaved per dtype; ratios against both PyTorch variants.
 * ``dit_mfu``: DiT train steps of ``--dit_sizes`` (e.g. B,XL with ``--dit_batches`` 128,64) in
-  ``--dit_dtype``, images/s and MFU from ``bench_flops.dit_forward_flops`` x3, beside the
-  PyTorch twin (``experiments.torch_dit``, eager, autocast) at the same size.
+  ``--dit_dtype``, images/s and MFU from ``flops.dit_forward_flops`` x3, beside the
+  PyTorch twin (``experiments.bench.torch_dit``, eager, autocast) at the same size.
 * ``ddim_sharded``: DDIM-``--ddim_steps`` sampling throughput: jaxdiff's one ``lax.scan``
   with the batch split over a ``Mesh`` of every device (``samplers.ddim(mesh=...)``) against
   the diffusers ``DDIMScheduler`` loop, per ``--sample_dtypes`` entry.
 
 With ``--profile_top N`` each jaxdiff row also carries ``profile``: its busy device time per
 call by kernel (the top N), and the share of it in matrix-unit kernels
-(``experiments.bench_profile``), printed to the log as well.
+(``experiments.bench.profile``), printed to the log as well.
 
 PyTorch's float32 matmuls may use TF32 (``set_float32_matmul_precision('high')``), as
 jax's default precision does on GPUs; the JSON records both settings.
@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import bench_flops, bench_profile
-from experiments.bench_jax import (
+from experiments.bench.flops import dit_forward_flops, matmul_flops, mfu, train_step_flops
+from experiments.bench.jax_side import (
     NUM_TIMESTEPS,
     check_param_counts,
     count_params,
@@ -41,8 +41,9 @@ from experiments.bench_jax import (
     jax_variants,
     jit_with,
 )
-from experiments.bench_sections import torch_sampler, torch_train_fn, unet_pair
-from experiments.bench_timing import first_call_peaks, interleaved_times, make_rows
+from experiments.bench.profile import format_profile, profile
+from experiments.bench.sections import torch_sampler, torch_train_fn, unet_pair
+from experiments.bench.timing import first_call_peaks, interleaved_times, make_rows
 from jaxdiff import samplers, schedules
 from jaxdiff.train import data_sharding, make_mesh, replicate
 
@@ -85,13 +86,12 @@ def _timed_rows(
                      extra={k: dict(v, **fields) for k, v in extra.items()})
     for row in rows:
         row["model_flops_per_call"] = flops_per_call
-        row["mfu"] = None if flops_per_call is None else bench_flops.mfu(
+        row["mfu"] = None if flops_per_call is None else mfu(
             flops_per_step=flops_per_call, seconds_per_step=row["median_s"], peak=peak)
         if cfg.get("profile_top") and row["variant"].startswith("jaxdiff"):
-            row["profile"] = bench_profile.profile(fns[row["variant"]], calls=cfg["repeats"],
-                                                   top=cfg["profile_top"])
-            print(bench_profile.format_profile(f"{section} {row['variant']}", row["profile"]),
-                  flush=True)
+            row["profile"] = profile(fns[row["variant"]], calls=cfg["repeats"],
+                                     top=cfg["profile_top"])
+            print(format_profile(f"{section} {row['variant']}", row["profile"]), flush=True)
     return rows
 
 
@@ -104,8 +104,8 @@ def bench_unet_dtypes(cfg: dict[str, Any], variant_kw: dict) -> list[dict[str, A
     images = np.random.default_rng(0).uniform(-1, 1, (b, s, s, c)).astype(np.float32)
     images_torch = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
     x, t = jnp.asarray(images[:1]), jnp.zeros((1,), jnp.int32)
-    forward = bench_flops.matmul_flops(lambda p: model.apply({"params": p}, x, t), params)
-    flops = bench_flops.train_step_flops(forward) * b
+    forward = matmul_flops(lambda p: model.apply({"params": p}, x, t), params)
+    flops = train_step_flops(forward) * b
     rows = []
     for dtype in cfg["train_dtypes"]:
         _check_dtype(dtype)
@@ -134,7 +134,7 @@ def bench_unet_dtypes(cfg: dict[str, Any], variant_kw: dict) -> list[dict[str, A
 def bench_dit_mfu(cfg: dict[str, Any], variant_kw: dict) -> list[dict[str, Any]]:
     import torch
 
-    from experiments.torch_dit import TorchDiT
+    from experiments.bench.torch_dit import TorchDiT
     from jaxdiff.models.dit import DiT, dit_config
 
     dtype = cfg["dit_dtype"]
@@ -160,7 +160,7 @@ def bench_dit_mfu(cfg: dict[str, Any], variant_kw: dict) -> list[dict[str, Any]]
         twin = TorchDiT(**arch, in_channels=c, input_size=s, num_classes=num_classes).to(device)
         check_param_counts(label, count_params(params),
                            sum(p.numel() for p in twin.parameters()))
-        flops = b * bench_flops.train_step_flops(bench_flops.dit_forward_flops(
+        flops = b * train_step_flops(dit_forward_flops(
             depth=arch["depth"], hidden_size=arch["hidden_size"],
             patch_size=arch["patch_size"], image_size=s, in_channels=c))
         step, state, batch = jax_train_setup(model, params, {"image": images, "label": labels})
@@ -197,8 +197,7 @@ def bench_ddim_sharded(cfg: dict[str, Any], variant_kw: dict) -> list[dict[str, 
     x_init = jax.device_put(jax.random.normal(key, shape), data_sharding(mesh))
     params = replicate(params, mesh)
     x1, t1 = jnp.zeros((1, s, s, c)), jnp.zeros((1,), jnp.int32)
-    flops = n * b * bench_flops.matmul_flops(
-        lambda p: model.apply({"params": p}, x1, t1), params)
+    flops = n * b * matmul_flops(lambda p: model.apply({"params": p}, x1, t1), params)
     x_torch = torch.from_numpy(np.array(x_init)).permute(0, 3, 1, 2).contiguous().to(device)
     rows = []
     for dtype in cfg["sample_dtypes"]:

@@ -10,13 +10,14 @@
   samplers, the same jax model stepped by a Python loop of one jitted step, and the
   diffusers model stepped by ``DDIMScheduler`` / ``DDPMScheduler`` under ``inference_mode``.
 * ``dit``: images/s of a DiT train step (``--dit_size``/``--dit_patch``, class labels)
-  against ``experiments.torch_dit.TorchDiT``, a PyTorch twin with the same parameter count.
+  against ``experiments.bench.torch_dit.TorchDiT``, a PyTorch twin with the same parameter
+  count.
 * ``canny``: images/s of ``jaxdiff.hints.canny_jax`` jit-compiled on a batch of
   ``--canny_batch`` MNIST test digits (../shared/data/mnist; random shapes when absent)
   against a Python loop of ``cv2.Canny`` over the same images (thresholds 100/200).
 
 The torch helpers (``unet_pair``, ``torch_train_fn``, ``torch_sampler``) serve the GPU
-sections (``experiments.bench_gpu``) too: they run on the device of the tensors given.
+sections (``experiments.bench.gpu``) too: they run on the device of the tensors given.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench_jax import (
+from experiments.bench.jax_side import (
     EMA_DECAY,
     GRAD_CLIP,
     LEARNING_RATE,
@@ -45,7 +46,7 @@ from experiments.bench_jax import (
     jax_variants,
     jit_with,
 )
-from experiments.bench_timing import interleaved_times, make_rows
+from experiments.bench.timing import interleaved_times, make_rows
 from jaxdiff import samplers, schedules
 
 
@@ -205,7 +206,7 @@ def torch_sampler(
 def bench_dit(cfg: dict[str, Any], variant_kw: dict) -> list[dict[str, Any]]:
     import torch
 
-    from experiments.torch_dit import TorchDiT
+    from experiments.bench.torch_dit import TorchDiT
     from jaxdiff.models.dit import DiT, dit_config
 
     num_classes = 10

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench_timing import interleaved_times, make_rows
+from experiments.bench.timing import interleaved_times, make_rows
 from jaxdiff import attention, xla_options
 from jaxdiff.models.dit import dit_config
 

@@ -114,7 +114,7 @@ def jax_train_callables(
 ) -> dict[str, Callable[[], Any]]:
     """One blocking callable per compiled variant; each owns a copy of the (donated) state,
     steps it once per call and returns that step's metrics. Each carries its executable as
-    ``.compiled`` (for ``bench_timing.program_bytes``)."""
+    ``.compiled`` (for ``timing.program_bytes``)."""
     fns = {}
     for name, compiled in jax_variants(make_step, (state, batch), **variant_kw).items():
         holder = {"state": jax.tree.map(jnp.copy, state)}
