@@ -1,6 +1,6 @@
 """Shared test fixtures. Tests never touch the network.
 
-One persistent XLA compilation cache serves the whole pytest session: a program that
+One persistent XLA compilation cache serves the whole test run: a program that
 several tests compile is compiled once. It is set through JAX's environment variables
 before anything imports jax, so the subprocesses that the CLI, crash, multihost and README
 tests start, and the notebook kernels, share it too. Programs that jaxdiff compiles with

@@ -1,5 +1,5 @@
 """Bad data, a busy workdir and a diverging run: each one line on stderr and exit status 2,
-never a traceback and never silent (issue 14's fault list)."""
+never a traceback and never silent."""
 
 import os
 import subprocess

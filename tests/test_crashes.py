@@ -1,6 +1,6 @@
 """Crashes mid-run. SIGKILL at random steps (no handler runs, a save may be cut half-way), then
 the same command again: the run ends bit-identical to one that was never interrupted. A disk
-that fills up while saving: one line saying nothing was lost. Issue 14."""
+that fills up while saving: one line saying nothing was lost."""
 
 import os
 import pathlib

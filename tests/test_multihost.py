@@ -1,6 +1,6 @@
 """Two processes on localhost (2 simulated CPU devices each, gloo collectives) train exactly as
 one process with 4 devices; only process 0 writes; the checkpoint they save together is
-sampled by one process on one device. Issue 14."""
+sampled by one process on one device."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""A new user's first hour (issue 13): hints for mistyped config fields and workdirs, a
+"""A new user's first hour: hints for mistyped config fields and workdirs, a
 progress bar over finished steps and a warning for runs on CPU that would take hours.
 (The sample grid at the end of every run is checked in test_cli.py's resumed 4-step run.)"""
 

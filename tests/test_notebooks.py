@@ -51,7 +51,7 @@ def test_notebook_is_committed_without_outputs(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_in_tiny_mode(path, monkeypatch):
     # The kernel inherits this environment: tiny sizes, CPU, this checkout importable
-    # (as `pip install -e .` makes it) from the notebooks/ folder, and the session's XLA
+    # (as `pip install -e .` makes it) from the notebooks/ folder, and the tests' shared XLA
     # compilation cache (conftest.py).
     monkeypatch.setenv("JAXDIFF_TINY", "1")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
