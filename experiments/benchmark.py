@@ -41,7 +41,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 from absl import app, flags
@@ -63,54 +62,50 @@ from experiments.runtime.flag_defs import define
 def define_flags() -> None:
     """Registers the benchmark's flags (those another CLI registered already are shared)."""
 
-    def key(define_fn: Callable[..., flags.FlagHolder], name: str, *args: Any) -> None:
-        define(define_fn, name, *args)
-        flags.declare_key_flag(name)  # listed by --help, which shows the main module's flags
-
-    key(flags.DEFINE_enum, "preset", None, list(PRESETS), "Defaults of a named set.")
-    key(flags.DEFINE_integer, "batch", 32, "Batch size of the train steps.")
-    key(flags.DEFINE_integer, "sample_batch", None, "Sampling batch (default --batch).")
-    key(flags.DEFINE_integer, "image_size", 32, "Image height = width.")
-    key(flags.DEFINE_integer, "in_channels", 3, "Image channels.")
-    key(flags.DEFINE_string, "channels", "32,64,64", "UNet block_out_channels.")
-    key(flags.DEFINE_integer, "layers_per_block", 2, "UNet layers_per_block.")
-    key(flags.DEFINE_string, "attention_levels", "1,2", "UNet attention levels ('' none).")
-    key(flags.DEFINE_integer, "norm_groups", 8, "UNet norm_num_groups.")
-    key(flags.DEFINE_integer, "repeats", 5, "Timed calls per variant (median kept).")
-    key(flags.DEFINE_integer, "warmup", 1, "Untimed calls per variant after compiling.")
-    key(flags.DEFINE_string, "only", ",".join(CPU_SECTIONS),
+    define(flags.DEFINE_enum, "preset", None, list(PRESETS), "Defaults of a named set.")
+    define(flags.DEFINE_integer, "batch", 32, "Batch size of the train steps.")
+    define(flags.DEFINE_integer, "sample_batch", None, "Sampling batch (default --batch).")
+    define(flags.DEFINE_integer, "image_size", 32, "Image height = width.")
+    define(flags.DEFINE_integer, "in_channels", 3, "Image channels.")
+    define(flags.DEFINE_string, "channels", "32,64,64", "UNet block_out_channels.")
+    define(flags.DEFINE_integer, "layers_per_block", 2, "UNet layers_per_block.")
+    define(flags.DEFINE_string, "attention_levels", "1,2", "UNet attention levels ('' none).")
+    define(flags.DEFINE_integer, "norm_groups", 8, "UNet norm_num_groups.")
+    define(flags.DEFINE_integer, "repeats", 5, "Timed calls per variant (median kept).")
+    define(flags.DEFINE_integer, "warmup", 1, "Untimed calls per variant after compiling.")
+    define(flags.DEFINE_string, "only", ",".join(CPU_SECTIONS),
         f"Comma list of sections of {SECTIONS}.")
-    key(flags.DEFINE_integer, "ddim_steps", 50, "DDIM steps.")
-    key(flags.DEFINE_integer, "ddpm_steps", 1000, "DDPM steps = T of its linear schedule "
+    define(flags.DEFINE_integer, "ddim_steps", 50, "DDIM steps.")
+    define(flags.DEFINE_integer, "ddpm_steps", 1000, "DDPM steps = T of its linear schedule "
         "(1000 as trained; fewer on slow CPUs: same per-step cost, images/s scales as "
         "1000/N).")
-    key(flags.DEFINE_string, "dit_size", "S", "DiT preset of the dit section (S, B, L, XL).")
-    key(flags.DEFINE_integer, "dit_patch", 2, "DiT patch size.")
-    key(flags.DEFINE_string, "xla_options", "", "Also time jax compiled with these XLA "
+    define(flags.DEFINE_string, "dit_size", "S", "DiT preset of the dit section (S, B, L, XL).")
+    define(flags.DEFINE_integer, "dit_patch", 2, "DiT patch size.")
+    define(flags.DEFINE_string, "xla_options", "", "Also time jax compiled with these XLA "
         "options, e.g. 'xla_cpu_use_onednn=false' (jaxdiff's CPU options without oneDNN "
         "dots).")
-    key(flags.DEFINE_bool, "xla_defaults", True, "Also time jax compiled with XLA's "
+    define(flags.DEFINE_bool, "xla_defaults", True, "Also time jax compiled with XLA's "
         "default options where jaxdiff sets its own (the CPU).")
-    key(flags.DEFINE_integer, "canny_batch", 256, "Images per call of the canny section.")
-    key(flags.DEFINE_string, "train_dtypes", "float32,bfloat16",
+    define(flags.DEFINE_integer, "canny_batch", 256, "Images per call of the canny section.")
+    define(flags.DEFINE_string, "train_dtypes", "float32,bfloat16",
         "unet_dtypes: compute dtypes.")
-    key(flags.DEFINE_string, "sample_dtypes", "float32", "ddim_sharded: compute dtypes.")
-    key(flags.DEFINE_string, "torch_compile", "auto", "unet_dtypes: torch.compile backend "
+    define(flags.DEFINE_string, "sample_dtypes", "float32", "ddim_sharded: compute dtypes.")
+    define(flags.DEFINE_string, "torch_compile", "auto", "unet_dtypes: torch.compile backend "
         "('auto': inductor on CUDA, skipped on a CPU; '': skipped; 'eager': dynamo only).")
-    key(flags.DEFINE_string, "dit_sizes", "B,XL", "dit_mfu: DiT presets.")
-    key(flags.DEFINE_string, "dit_batches", "128,64",
+    define(flags.DEFINE_string, "dit_sizes", "B,XL", "dit_mfu: DiT presets.")
+    define(flags.DEFINE_string, "dit_batches", "128,64",
         "dit_mfu: one batch per --dit_sizes entry.")
-    key(flags.DEFINE_integer, "dit_image_size", 32, "dit_mfu: latent height = width.")
-    key(flags.DEFINE_integer, "dit_in_channels", 4, "dit_mfu: latent channels.")
-    key(flags.DEFINE_integer, "dit_depth", None,
+    define(flags.DEFINE_integer, "dit_image_size", 32, "dit_mfu: latent height = width.")
+    define(flags.DEFINE_integer, "dit_in_channels", 4, "dit_mfu: latent channels.")
+    define(flags.DEFINE_integer, "dit_depth", None,
         "dit_mfu: override the preset's depth (toy runs).")
-    key(flags.DEFINE_string, "dit_dtype", "bfloat16", "dit_mfu: compute dtype.")
-    key(flags.DEFINE_float, "peak_tflops", None, "Chip peak (dense bf16 TFLOP/s) for MFU; "
+    define(flags.DEFINE_string, "dit_dtype", "bfloat16", "dit_mfu: compute dtype.")
+    define(flags.DEFINE_float, "peak_tflops", None, "Chip peak (dense bf16 TFLOP/s) for MFU; "
         "default from experiments.bench.flops.PEAK_BF16_TFLOPS by device kind (none for "
         "CPUs).")
-    key(flags.DEFINE_integer, "profile_top", 0, "GPU sections: after timing, trace each "
+    define(flags.DEFINE_integer, "profile_top", 0, "GPU sections: after timing, trace each "
         "jaxdiff variant with jax.profiler and report its top N device ops (0: no trace).")
-    key(flags.DEFINE_string, "out", None, "Write the results as JSON here (and .md beside it).")
+    define(flags.DEFINE_string, "out", None, "Write the results as JSON here (and .md beside it).")
 
 
 def main(argv: list[str]) -> None:

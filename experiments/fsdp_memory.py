@@ -30,8 +30,6 @@ def define_flags() -> None:
            lock_config=True)
     define(flags.DEFINE_integer, "devices", 8, "Devices to simulate when there are fewer.")
     define(flags.DEFINE_list, "fsdp", ["1", "8"], "mesh.fsdp values to compare.")
-    for name in ("config", "devices", "fsdp"):
-        flags.declare_key_flag(name)  # listed by --help, which shows the main module's flags
 
 
 def main(argv):
