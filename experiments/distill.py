@@ -21,21 +21,26 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from experiments.runs import distillation, train_loop
 from experiments.runtime import errors
 from experiments.runtime.flag_defs import define
 
+# Module level imports nothing that registers flags (jaxdiff, orbax, grain, absl.logging,
+# ml_collections.config_flags do): define_flags() and main() import what they use.
+
 
 def define_flags() -> None:
+    from ml_collections import config_flags
+
     define(config_flags.DEFINE_config_file, "config", None,
            "Distillation config, e.g. configs/digits_distill.py.", lock_config=True)
     define(flags.DEFINE_string, "workdir", None, "Directory for the rounds' workdirs.")
 
 
 def main(argv: list[str]) -> None:
+    from experiments.runs import distillation, train_loop
+
     errors.start_cli(argv)
     with errors.exit_on_user_error():
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
@@ -54,5 +59,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from absl import app
+
     define_flags()
     app.run(main, flags_parser=errors.parse_flags)

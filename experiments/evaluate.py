@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import pathlib
 
-from absl import app, flags
+from absl import flags
 
-from experiments.runs import evaluation
 from experiments.runtime import errors
 from experiments.runtime.flag_defs import define
+
+# Module level imports nothing that registers flags (jaxdiff, orbax, grain, absl.logging,
+# ml_collections.config_flags do): define_flags() and main() import what they use.
 
 
 def define_flags() -> None:
@@ -73,6 +75,8 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
+    from experiments.runs import evaluation
+
     errors.start_cli(argv)
     f = flags.FLAGS
     with errors.exit_on_user_error():
@@ -100,5 +104,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from absl import app
+
     define_flags()
     app.run(main, flags_parser=errors.parse_flags)

@@ -10,7 +10,7 @@
         runs/digits_clf --classifier_scale 3 --labels 0,1,2
 
 The model, schedule and prediction come from the config saved with the newest checkpoint
-(or, with ``--pretrained``, from a diffusers pipeline folder: experiments/finetune.py);
+(or, with ``--pretrained``, from a diffusers pipeline folder: experiments/runs/finetune.py);
 the flags left unset take ``config.sample``'s values. A conditional model draws one row of
 ``--num`` images per label (or per one-hot context); an unconditional one ``--num`` images.
 Writes ``<out>/grid.png``, ``<out>/denoising.gif`` and ``<out>/samples.npz`` (uint8
@@ -27,15 +27,20 @@ base model's from the same seed and labels.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
-from experiments.runs import sampling, validation
-from experiments.runtime import errors, multihost
+from experiments.runtime import errors
 from experiments.runtime.flag_defs import define
+
+# Module level imports nothing that registers flags (jaxdiff, orbax, grain, absl.logging,
+# ml_collections.config_flags do): define_flags() and main() import what they use.
 
 
 def define_flags() -> None:
     """The CLI's flags; defined only when run as a program (experiments/runtime/flag_defs.py)."""
+    from experiments.runs import validation
+    from experiments.runtime import multihost
+
     s, i, f, b = flags.DEFINE_string, flags.DEFINE_integer, flags.DEFINE_float, flags.DEFINE_bool
     define(s, "workdir", None, "A workdir written by experiments.train.")
     define(s, "pretrained", None, "Instead of --workdir: a diffusers pipeline (or UNet) folder.")
@@ -71,6 +76,9 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
+    from experiments.runs import sampling
+    from experiments.runtime import multihost
+
     errors.start_cli(argv)
     with errors.exit_on_user_error():
         multihost.initialize_from_flags()
@@ -104,5 +112,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from absl import app
+
     define_flags()
     app.run(main, flags_parser=errors.parse_flags)

@@ -18,18 +18,22 @@ import errno
 import os
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from experiments.runs import train_loop
-from experiments.runtime import errors, multihost
+from experiments.runtime import errors
 from experiments.runtime.flag_defs import define
-from jaxdiff import checkpoint
+
+# Module level imports nothing that registers flags (jaxdiff, orbax, grain, absl.logging,
+# ml_collections.config_flags do): define_flags() and main() import what they use.
 
 
 def define_flags() -> None:
     """The CLI's flags; defined only when run as a program, so that every CLI module can be
     imported in one process (tests, notebooks)."""
+    from ml_collections import config_flags
+
+    from experiments.runtime import multihost
+
     define(config_flags.DEFINE_config_file, "config", None,
            "Experiment config file, e.g. configs/digits.py.", lock_config=True)
     define(flags.DEFINE_string, "workdir", None, "Directory for checkpoints, logs and samples.")
@@ -37,6 +41,10 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
+    from experiments.runs import train_loop
+    from experiments.runtime import multihost
+    from jaxdiff import checkpoint
+
     errors.start_cli(argv)
     with errors.exit_on_user_error():
         multihost.initialize_from_flags()
@@ -65,5 +73,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from absl import app
+
     define_flags()
     app.run(main, flags_parser=errors.parse_flags)
