@@ -81,7 +81,7 @@ def make_pipeline(
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
-    ds = ds.map(functools.partial(_prepare, image_size=_hw(image_size), pad_to=_hw(pad_to)))
+    ds = ds.map(functools.partial(prepare_record, image_size=_hw(image_size), pad_to=_hw(pad_to)))
     local_batch = batch_size // shard_count
     ds = ds.batch(local_batch, drop_remainder=drop_remainder or shard_count > 1)
     # Local batch j holds records [j b, (j + 1) b): global batch k is local batches
@@ -108,13 +108,17 @@ def _hw(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def _prepare(
+def prepare_record(
     record: dict[str, Any],
     *,
     image_size: tuple[int, int] | None,
     pad_to: tuple[int, int] | None,
 ) -> dict[str, Any]:
-    """One record, resized/padded; uint8 stays uint8 so batches are stacked before the cast."""
+    """One record, resized/padded; uint8 stays uint8 so batches are stacked before the cast.
+
+    ``image_size`` and ``pad_to`` are (H, W) or None. Returns a dict with 'image' (H, W, C)
+    uint8 and whichever of 'label', 'context' and 'hint' the record has.
+    """
     image = np.asarray(record["image"], np.uint8)
     if image.ndim == 2:
         image = image[..., None]

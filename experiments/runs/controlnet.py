@@ -167,7 +167,7 @@ class HintSource:
         return len(self.indices)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        record = data._prepare(
+        record = data.prepare_record(
             self.source[self.indices[index]], image_size=self.image_size, pad_to=self.pad_to
         )
         if self.with_hints:
