@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
         seed=0,
     )
 
-    # Fine-tuning (experiments/finetune.py): start from a diffusers folder or a jaxdiff
+    # Fine-tuning (experiments/runs/finetune.py): start from a diffusers folder or a jaxdiff
     # workdir; the model and diffusion settings then come from there.
     config.init_from = config_dict.placeholder(str)
     config.finetune = dict(

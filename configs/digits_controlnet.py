@@ -17,7 +17,7 @@ from configs import digits
 
 
 def controlnet_section(**overrides) -> ml_collections.ConfigDict:
-    """The ``config.controlnet`` fields (experiments/controlnet_setup.py reads them)."""
+    """The ``config.controlnet`` fields (experiments/runs/controlnet.py reads them)."""
     section = ml_collections.ConfigDict(
         dict(
             base_workdir=config_dict.placeholder(str),  # the trained base run (required)

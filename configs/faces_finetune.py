@@ -4,7 +4,7 @@ The MNIST seed's last step: instead of training from scratch, start from a relea
 diffusers pipeline (DDPM, Ho et al. 2020: a 6-level UNet of 113.7M parameters, linear
 T=1000 schedule, eps prediction) and train it a little on a folder of face images with a
 small learning rate. The model and diffusion settings come from the pipeline folder
-(experiments/finetune.py); the data are PNG/JPEG files found recursively under
+(experiments/runs/finetune.py); the data are PNG/JPEG files found recursively under
 ``data.path``, centre-cropped and resized to 256x256.
 
 Get the pipeline folder on a machine with network access, then copy it here:

@@ -2,7 +2,7 @@
 
 Run as ``python -m experiments.<name>`` on a CPU, a program first re-executes itself once
 with glibc malloc tunables that keep XLA's per-step scratch memory mapped (see
-``experiments/host_memory.py``; ``JAXDIFF_MALLOC_TUNING=0`` turns this off). Importing
+``experiments/runtime/host_memory.py``; ``JAXDIFF_MALLOC_TUNING=0`` turns this off). Importing
 these modules (tests, notebooks) changes nothing.
 """
 
@@ -20,7 +20,7 @@ def _module_run() -> str | None:
 
 # host_memory re-executes itself from its own __main__ (importing it here first would make
 # runpy warn about running an already imported module).
-if _module_run() not in (None, "experiments.host_memory"):
-    from experiments.host_memory import reexec_with_malloc_tuning
+if _module_run() not in (None, "experiments.runtime.host_memory"):
+    from experiments.runtime.host_memory import reexec_with_malloc_tuning
 
     reexec_with_malloc_tuning()

@@ -100,7 +100,7 @@ def classifier_guidance(
     ``denoise_fn`` itself).
 
     Shapes: x_t (B, H, W, C), t (B,); output like x_t. The classifier and ``schedule`` must
-    share the diffusion run's schedule (experiments/classifier_setup.py checks the configs).
+    share the diffusion run's schedule (experiments/runs/classifier.py checks the configs).
     """
     schedules.check_prediction(prediction)
     if isinstance(scale, (int, float)) and scale == 0:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from test_cli import tiny_config, user_error
 
-from experiments import train, train_health, workdir_lock
+from experiments.runs import training_data
+from experiments.runtime import errors, train_health, workdir_lock
 from jaxdiff import sources
 from jaxdiff.sources import tfds_source
 
@@ -93,7 +94,7 @@ def test_second_run_in_a_busy_workdir_is_refused(tmp_path, capsys):
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
     # A run killed by SIGKILL: its lock file still names it, but the kernel dropped its lock.
     code = ("import sys, os; sys.path.insert(0, os.getcwd()); "
-            "from experiments import workdir_lock; "
+            "from experiments.runtime import workdir_lock; "
             f"held = workdir_lock.hold({str(tmp_path)!r}); held.__enter__(); os._exit(0)")
     dead = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd(), check=True)
     assert dead.returncode == 0
@@ -137,8 +138,8 @@ def test_offline_tfds_configs_name_the_alternatives(tmp_path, capsys, monkeypatc
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     config = importlib.import_module(f"configs.{config_name}").get_config()
     config.data.batch_size = 8
-    with pytest.raises(SystemExit) as info, train.from_config.exit_on_user_error():
-        train.from_config.build_data(config)
+    with pytest.raises(SystemExit) as info, errors.exit_on_user_error():
+        training_data.build_data(config)
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ")

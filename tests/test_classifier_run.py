@@ -13,7 +13,16 @@ import numpy as np
 import pytest
 
 from configs import digits, digits_classifier, digits_uncond
-from experiments import classifier_setup, from_config, train
+from experiments.runs import (
+    builders,
+    classifier,
+    evaluation,
+    kinds,
+    sampling,
+    train_loop,
+    validation,
+)
+from experiments.runtime import errors
 from jaxdiff import checkpoint, losses, schedules
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -38,8 +47,8 @@ def tiny(config):
 
 def save_untrained(config, workdir):
     """A workdir holding ``config``'s freshly initialised model at step 0."""
-    model = from_config.build_model(config)
-    state = from_config.init_state(config, model, from_config.build_optimizer(config),
+    model = kinds.build_model(config)
+    state = builders.init_state(config, model, builders.build_optimizer(config),
                                    jax.random.key(0))
     manager = checkpoint.make_manager(workdir, async_save=False)
     checkpoint.save(manager, 0, state=state, config=config, wait=True)
@@ -86,7 +95,7 @@ def test_loss_is_cross_entropy_on_q_sample():
 @pytest.fixture(scope="module")
 def classifier_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("clf")
-    train.train_and_evaluate(tiny(digits_classifier.get_config()), str(workdir))
+    train_loop.train_and_evaluate(tiny(digits_classifier.get_config()), str(workdir))
     return workdir
 
 
@@ -102,9 +111,9 @@ def test_training_writes_accuracy_by_noise_and_resumes_exactly(classifier_run, t
     # Stop at 3, resume to 6: the same losses as the straight run.
     config = tiny(digits_classifier.get_config())
     config.train.steps = 3
-    train.train_and_evaluate(config, str(tmp_path))
+    train_loop.train_and_evaluate(config, str(tmp_path))
     config.train.steps = 6
-    train.train_and_evaluate(config, str(tmp_path))
+    train_loop.train_and_evaluate(config, str(tmp_path))
     resumed = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in records]
 
@@ -112,12 +121,12 @@ def test_training_writes_accuracy_by_noise_and_resumes_exactly(classifier_run, t
 def test_config_errors(capsys, tmp_path):
     config = tiny(digits_classifier.get_config())
     config.diffusion.loss = "denoising"
-    with pytest.raises(from_config.ConfigError, match="do not go together"):
-        from_config.validate_config(config, num_devices=1)
+    with pytest.raises(errors.ConfigError, match="do not go together"):
+        validation.validate_config(config, num_devices=1)
     config = tiny(digits_classifier.get_config())
     config.model.num_timesteps = 7
-    with pytest.raises(from_config.ConfigError, match="leave model.num_timesteps unset"):
-        from_config.build_model(config)
+    with pytest.raises(errors.ConfigError, match="leave model.num_timesteps unset"):
+        kinds.build_model(config)
 
 
 # --------------------------------------------------------------------------- guiding
@@ -125,14 +134,14 @@ def test_config_errors(capsys, tmp_path):
 
 def test_schedule_difference_names_the_fields():
     a, b = digits.get_config(), digits_classifier.get_config()
-    assert classifier_setup.schedule_difference(a, b) is None
+    assert classifier.schedule_difference(a, b) is None
     b.diffusion.update(schedule="linear", num_timesteps=1000)
-    assert classifier_setup.schedule_difference(a, b) == (
+    assert classifier.schedule_difference(a, b) == (
         "diffusion.schedule: 'cosine' (diffusion run) != 'linear' (classifier run); "
         "diffusion.num_timesteps: 200 (diffusion run) != 1000 (classifier run)"
     )
     a.diffusion.update(schedule="linear", num_timesteps=1000, beta_end=0.01)
-    assert classifier_setup.schedule_difference(a, b) == (
+    assert classifier.schedule_difference(a, b) == (
         "diffusion.beta_end: 0.01 (diffusion run) != 0.02 (classifier run)"
     )
 
@@ -143,15 +152,15 @@ def uncond_run(tmp_path_factory):
 
 
 def test_sample_guides_an_unconditional_run(uncond_run, classifier_run, tmp_path):
-    from experiments import sample
+    from experiments.runtime import errors
 
-    guided = sample.sample(str(uncond_run), labels="0,2", num=2, classifier_scale=3.0,
+    guided = sampling.sample(str(uncond_run), labels="0,2", num=2, classifier_scale=3.0,
                            classifier_workdir=str(classifier_run), out=str(tmp_path))
     saved = np.load(guided["npz"])
     np.testing.assert_array_equal(saved["labels"], [0, 0, 2, 2])
     assert saved["images"].shape == (4, 8, 8, 1)
-    with pytest.raises(from_config.ConfigError, match=r"--labels \[10\] are not in \[0, 10\)"):
-        sample.sample(str(uncond_run), labels="10", classifier_workdir=str(classifier_run))
+    with pytest.raises(errors.ConfigError, match=r"--labels \[10\] are not in \[0, 10\)"):
+        sampling.sample(str(uncond_run), labels="10", classifier_workdir=str(classifier_run))
 
 
 def test_sample_cli_rejects_mismatched_schedules(uncond_run, tmp_path):
@@ -173,9 +182,8 @@ def test_sample_cli_rejects_mismatched_schedules(uncond_run, tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_sweeps_classifier_scales(uncond_run, classifier_run):
-    from experiments import evaluate
 
-    report = evaluate.evaluate(
+    report = evaluation.evaluate(
         uncond_run, samplers=["ddim"], steps=[3], guidance=[0], num=20, batch_size=20,
         max_real=100, classifier_steps=5, classifier_workdir=classifier_run,
         classifier_scales=[0, 5],

@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from configs import digits
-from experiments import from_config, train
+from experiments.runs import kinds, restore, sampling, train_loop
+from experiments.runtime import errors
 from jaxdiff import checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -53,8 +54,8 @@ def losses(workdir):
 
 def user_error(capsys, config, workdir) -> str:
     """What `python -m experiments.train` prints for a user error (and that it exits 2)."""
-    with pytest.raises(SystemExit) as info, from_config.exit_on_user_error():
-        train.train_and_evaluate(config, str(workdir))
+    with pytest.raises(SystemExit) as info, errors.exit_on_user_error():
+        train_loop.train_and_evaluate(config, str(workdir))
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ")
@@ -67,7 +68,7 @@ def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     config = tiny_config()
     config.train.sample_every = 3
-    train.train_and_evaluate(config, str(workdir))
+    train_loop.train_and_evaluate(config, str(workdir))
     return workdir
 
 
@@ -84,10 +85,10 @@ def test_run_writes_metrics_samples_and_the_last_checkpoints(trained):
 def test_stop_and_resume_gives_the_same_loss_curve(trained, tmp_path):
     config = tiny_config()
     config.train.steps = 4  # stops between two checkpoints: resumes from its final save
-    train.train_and_evaluate(config, str(tmp_path))
+    train_loop.train_and_evaluate(config, str(tmp_path))
     assert (tmp_path / "samples" / "step_0000004.png").exists()  # < sample_every: still a grid
     config.train.steps = 6
-    train.train_and_evaluate(config, str(tmp_path))
+    train_loop.train_and_evaluate(config, str(tmp_path))
     resumed, straight = losses(tmp_path), losses(trained)
     assert sorted(resumed) == sorted(straight)
     for step in straight:  # same batches, keys, params and optimizer state after the resume
@@ -158,8 +159,8 @@ def test_sigkill_loses_at_most_checkpoint_every_steps(tmp_path):
     process.kill()  # SIGKILL: no handler runs, a save may be half-written
     process.communicate(timeout=30)
     config = tiny_config()
-    model = from_config.build_model(config)
-    params, ema, step = from_config.restore_for_sampling(config, str(workdir), model)
+    model = kinds.build_model(config)
+    params, ema, step = restore.restore_for_sampling(config, str(workdir), model)
     assert max(losses(workdir)) - step <= 2
     assert step >= 4
     leftovers = [
@@ -257,10 +258,10 @@ def test_tfds_offline_names_the_ways_out(tmp_path, capsys, monkeypatch):
 
 
 def test_sample_without_checkpoint(tmp_path, capsys):
-    from experiments import sample
+    from experiments.runtime import errors
 
-    with pytest.raises(SystemExit), from_config.exit_on_user_error():
-        sample.sample(str(tmp_path))
+    with pytest.raises(SystemExit), errors.exit_on_user_error():
+        sampling.sample(str(tmp_path))
     assert "no complete checkpoint" in capsys.readouterr().err
 
 

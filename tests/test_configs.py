@@ -6,7 +6,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import from_config
+from experiments.runs import builders, kinds, validation
+from experiments.runtime import errors
 from jaxdiff.models.basic_unet import BasicUNet
 from jaxdiff.models.context_unet import ContextUnet
 from jaxdiff.models.unet import UNet
@@ -21,26 +22,26 @@ def load(name):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_builds_a_conditional_model_that_fits_its_images(name):
     config = load(name)
-    from_config.validate_config(config, num_devices=1)
-    model = from_config.build_model(config)  # abstract init + apply: no compile
+    validation.validate_config(config, num_devices=1)
+    model = kinds.build_model(config)  # abstract init + apply: no compile
     assert isinstance(model, ContextUnet if name == "sprites" else UNet)
-    num_classes, context_dim = from_config.cond_spec(model)
+    num_classes, context_dim = builders.cond_spec(model)
     assert (num_classes, context_dim) == ((5, 5) if name == "sprites" else (10, None))
-    schedule = from_config.build_schedule(config)
+    schedule = builders.build_schedule(config)
     assert schedule.num_timesteps == config.diffusion.num_timesteps
-    from_config.build_optimizer(config)
+    builders.build_optimizer(config)
     if config.sample.guidance_scale > 0:
         assert config.train.cond_drop_prob > 0  # CFG needs the null condition trained
 
 
 def test_corruption_baseline_config_pairs_loss_model_and_sampler():
     config = load("digits_corruption")
-    from_config.validate_config(config, num_devices=1)
-    assert isinstance(from_config.build_model(config), BasicUNet)
+    validation.validate_config(config, num_devices=1)
+    assert isinstance(kinds.build_model(config), BasicUNet)
     assert (config.diffusion.loss, config.sample.sampler) == ("corruption", "corruption")
     config.sample.sampler = "ddim"  # the naive model has no noise schedule to walk
-    with pytest.raises(from_config.ConfigError, match="corruption"):
-        from_config.validate_config(config, num_devices=1)
+    with pytest.raises(errors.ConfigError, match="corruption"):
+        validation.validate_config(config, num_devices=1)
 
 
 def test_seed_hyperparameters():
@@ -70,7 +71,7 @@ def parse(argv):
     config_flags.DEFINE_config_file(
         "config", None, flag_values=flag_values, lock_config=True, sys_argv=["prog", *argv]
     )
-    from_config.parse_flags(["prog", *argv], flag_values=flag_values)
+    errors.parse_flags(["prog", *argv], flag_values=flag_values)
     return flag_values.config
 
 
@@ -116,8 +117,8 @@ def test_bad_override_is_one_line(override, message, capsys):
 def test_missing_config_file_is_one_line(capsys):
     flag_values = flags.FlagValues()
     config = config_flags.DEFINE_config_file("config", None, flag_values=flag_values)
-    from_config.parse_flags(["prog", "--config=configs/nope.py"], flag_values=flag_values)
-    with pytest.raises(SystemExit), from_config.exit_on_user_error():
+    errors.parse_flags(["prog", "--config=configs/nope.py"], flag_values=flag_values)
+    with pytest.raises(SystemExit), errors.exit_on_user_error():
         config.value.train  # noqa: B018  (config_flags raises on first use of a bad file)
     assert "configs/nope.py" in capsys.readouterr().err
 
@@ -147,16 +148,16 @@ def _set(config, dotted, value):
 def test_validate_config_names_the_field(field, value, message):
     config = load("digits")
     _set(config, field, value)
-    with pytest.raises(from_config.ConfigError, match=message.replace("(", r"\(")):
-        from_config.validate_config(config, num_devices=4)
+    with pytest.raises(errors.ConfigError, match=message.replace("(", r"\(")):
+        validation.validate_config(config, num_devices=4)
 
 
 def test_guidance_needs_a_conditional_model():
     config = load("digits")
     config.model.num_classes = None
     config.sample.guidance_scale = 2.0
-    with pytest.raises(from_config.ConfigError, match="needs a conditional model"):
-        from_config.validate_config(config, num_devices=1)
+    with pytest.raises(errors.ConfigError, match="needs a conditional model"):
+        validation.validate_config(config, num_devices=1)
 
 
 @pytest.mark.parametrize(
@@ -171,5 +172,5 @@ def test_model_that_does_not_fit_is_a_config_error(field, value, message):
     config = load("digits")
     config.unlock()
     _set(config, field, value)
-    with pytest.raises(from_config.ConfigError, match=message):
-        from_config.build_model(config)
+    with pytest.raises(errors.ConfigError, match=message):
+        kinds.build_model(config)

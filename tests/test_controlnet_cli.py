@@ -12,7 +12,8 @@ from PIL import Image
 from test_cli import tiny_config
 
 from configs.digits_controlnet import controlnet_section
-from experiments import controlnet_setup, from_config, sample, train
+from experiments.runs import controlnet, kinds, restore, sampling, train_loop
+from experiments.runtime import errors
 from jaxdiff import hints
 
 # Three trainings and five samplers compiled: end to end, so marked slow (still run in CI).
@@ -33,25 +34,25 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("base")
     config = tiny_config()
     config.train.update(steps=2, checkpoint_every=2)
-    train.train_and_evaluate(config, str(base))
+    train_loop.train_and_evaluate(config, str(base))
     controlled = tmp_path_factory.mktemp("canny")
-    train.train_and_evaluate(controlnet_config(base, hint_device="device"), str(controlled))
+    train_loop.train_and_evaluate(controlnet_config(base, hint_device="device"), str(controlled))
     return base, controlled
 
 
 def test_train_keeps_the_base_and_sample_writes_hints(runs, tmp_path):
     base, controlled = runs
-    config = from_config.load_run_config(controlled)
-    _, base_ema, _ = from_config.restore_for_sampling(
-        from_config.load_run_config(base), base, from_config.build_model(config)
+    config = restore.load_run_config(controlled)
+    _, base_ema, _ = restore.restore_for_sampling(
+        restore.load_run_config(base), base, kinds.build_model(config)
     )
-    model = controlnet_setup.build_model(config, controlled, for_training=False)
+    model = controlnet.build_model(config, controlled, for_training=False)
     for a, b in zip(jax.tree.leaves(base_ema), jax.tree.leaves(model.base_params), strict=True):
         np.testing.assert_array_equal(a, b)
 
-    result = sample.sample(str(controlled), hints_from_data=4, steps=3, out=str(tmp_path / "a"))
+    result = sampling.sample(str(controlled), hints_from_data=4, steps=3, out=str(tmp_path / "a"))
     saved = np.load(tmp_path / "a" / "samples.npz")
-    heldout = controlnet_setup.heldout_batch(config, 4)
+    heldout = controlnet.heldout_batch(config, 4)
     assert saved["images"].shape == (4, 8, 8, 1) and saved["images"].dtype == np.uint8
     assert saved["hints"].dtype == np.float32 and saved["hints"].shape == (4, 8, 8, 1)
     np.testing.assert_array_equal(saved["hints"], hints.canny(heldout["image"]))
@@ -64,7 +65,7 @@ def test_train_keeps_the_base_and_sample_writes_hints(runs, tmp_path):
     picture = np.zeros((40, 40, 3), np.uint8)
     picture[10:30, 18:22] = 255
     cv2.imwrite(str(tmp_path / "hint.png"), picture)
-    sample.sample(str(controlled), hint_image=str(tmp_path / "hint.png"), labels="1,7",
+    sampling.sample(str(controlled), hint_image=str(tmp_path / "hint.png"), labels="1,7",
                   num=2, steps=3, out=str(tmp_path / "b"))
     saved = np.load(tmp_path / "b" / "samples.npz")
     want = (cv2.resize(picture[..., 0] / 255.0, (8, 8), interpolation=cv2.INTER_AREA) > 0.5)
@@ -75,7 +76,7 @@ def test_train_keeps_the_base_and_sample_writes_hints(runs, tmp_path):
 
 
 def one_line_error(capsys, run) -> str:
-    with pytest.raises(SystemExit) as info, from_config.exit_on_user_error():
+    with pytest.raises(SystemExit) as info, errors.exit_on_user_error():
         run()
     assert info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
@@ -86,18 +87,20 @@ def one_line_error(capsys, run) -> str:
 def test_bad_bases_hint_images_and_hint_types_are_one_line_errors(runs, tmp_path, capsys):
     base, controlled = runs
     missing = controlnet_config(tmp_path / "nowhere")
-    err = one_line_error(capsys, lambda: train.train_and_evaluate(missing, str(tmp_path / "a")))
+    err = one_line_error(
+        capsys, lambda: train_loop.train_and_evaluate(missing, str(tmp_path / "a"))
+    )
     assert "is missing or unreadable" in err
     other = controlnet_config(base)
     other.model.block_out_channels = (8, 8)
-    err = one_line_error(capsys, lambda: train.train_and_evaluate(other, str(tmp_path / "b")))
+    err = one_line_error(capsys, lambda: train_loop.train_and_evaluate(other, str(tmp_path / "b")))
     assert "does not match this config's architecture" in err and "block_out_channels" in err
     (tmp_path / "bad.png").write_bytes(b"not an image")
-    err = one_line_error(capsys, lambda: sample.sample(
+    err = one_line_error(capsys, lambda: sampling.sample(
         str(controlled), hint_image=str(tmp_path / "bad.png"), out=str(tmp_path / "c")))
     assert "cannot read the hint image" in err
-    err = one_line_error(capsys, lambda: sample.sample(
+    err = one_line_error(capsys, lambda: sampling.sample(
         str(controlled), hint_image=str(tmp_path / "bad.png"), hint_type="depth"))
     assert "trained on 'canny' hints, not 'depth'" in err
-    err = one_line_error(capsys, lambda: sample.sample(str(controlled)))
+    err = one_line_error(capsys, lambda: sampling.sample(str(controlled)))
     assert "--hint_image PATH or --hints_from_data N" in err

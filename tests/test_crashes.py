@@ -20,7 +20,7 @@ from test_cli import (
     wait_for_steps,
 )
 
-from experiments import from_config, train
+from experiments.runs import kinds, restore, train_loop
 
 STEPS = 10
 pytestmark = pytest.mark.slow
@@ -28,8 +28,8 @@ pytestmark = pytest.mark.slow
 
 def final_params(workdir):
     config = tiny_config()
-    model = from_config.build_model(config)
-    params, ema, step = from_config.restore_for_sampling(config, str(workdir), model)
+    model = kinds.build_model(config)
+    params, ema, step = restore.restore_for_sampling(config, str(workdir), model)
     assert step == STEPS
     return jax.tree.leaves((params, ema))
 
@@ -38,7 +38,7 @@ def test_sigkill_at_random_steps_resumes_bit_identically(tmp_path):
     straight = tmp_path / "straight"
     config = tiny_config()
     config.train.update(steps=STEPS, checkpoint_every=2)
-    train.train_and_evaluate(config, str(straight))
+    train_loop.train_and_evaluate(config, str(straight))
 
     killed = tmp_path / "killed"
     rng = random.Random(14)

@@ -12,7 +12,8 @@ import pytest
 from test_cli import tiny_config
 
 from configs import digits_distill
-from experiments import distill, from_config, sample, train
+from experiments.runs import distillation, kinds, restore, sampling, train_loop, validation
+from experiments.runtime import errors
 from jaxdiff import checkpoint
 
 
@@ -31,21 +32,21 @@ def teacher(tmp_path_factory):
     config = tiny_config()
     config.diffusion.update(prediction="v", num_timesteps=16)
     config.train.steps = 2
-    train.train_and_evaluate(config, str(workdir))
+    train_loop.train_and_evaluate(config, str(workdir))
     return workdir
 
 
 @pytest.fixture(scope="module")
 def distilled(teacher, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("distilled")
-    distill.distill(tiny_distill_config(teacher), str(workdir))
+    distillation.distill(tiny_distill_config(teacher), str(workdir))
     return workdir
 
 
 def final_state(workdir):
-    config = from_config.load_run_config(workdir)
-    model = from_config.build_model(config)
-    return from_config.restore_for_sampling(config, str(workdir), model)
+    config = restore.load_run_config(workdir)
+    model = kinds.build_model(config)
+    return restore.restore_for_sampling(config, str(workdir), model)
 
 
 @pytest.mark.slow
@@ -57,7 +58,7 @@ def test_rounds_write_students_grids_and_timings(distilled):
         student = distilled / f"steps_{n:03d}"
         assert (student / "samples" / "step_0000004.png").exists()
         assert list(checkpoint.make_manager(student, read_only=True).all_steps()) == [2, 4]
-        saved = from_config.load_run_config(student)
+        saved = restore.load_run_config(student)
         assert saved.distill.student_steps == n and saved.sample.steps == n
         assert saved.sample.spacing == "trailing" and saved.sample.guidance_scale == 0
         assert saved.diffusion.num_timesteps == 16 and saved.diffusion.prediction == "v"
@@ -78,7 +79,7 @@ def test_kill_mid_round_resumes_bit_identically(distilled, teacher, tmp_path):
     marker["rounds"] = marker["rounds"][:1]
     (killed / "distill.json").write_text(json.dumps(marker))
     assert final_state(killed / "steps_001")[2] == 2
-    distill.distill(tiny_distill_config(teacher), str(killed))
+    distillation.distill(tiny_distill_config(teacher), str(killed))
     for n in (2, 1):
         straight, resumed = final_state(distilled / f"steps_{n:03d}"), final_state(
             killed / f"steps_{n:03d}"
@@ -95,24 +96,24 @@ def test_kill_mid_round_resumes_bit_identically(distilled, teacher, tmp_path):
 
 @pytest.mark.slow
 def test_sample_a_student_at_its_step_count(distilled, tmp_path):
-    result = sample.sample(str(distilled), steps=1, num=1, out=str(tmp_path / "one"))
+    result = sampling.sample(str(distilled), steps=1, num=1, out=str(tmp_path / "one"))
     assert result["images"].shape == (10, 8, 8, 1)
-    with pytest.raises(from_config.ConfigError, match=r"students for \[2, 1\] steps"):
-        sample.sample(str(distilled), steps=3)
-    with pytest.raises(from_config.ConfigError, match="2-step distilled student"):
-        sample.sample(str(distilled / "steps_002"), steps=4)
+    with pytest.raises(errors.ConfigError, match=r"students for \[2, 1\] steps"):
+        sampling.sample(str(distilled), steps=3)
+    with pytest.raises(errors.ConfigError, match="2-step distilled student"):
+        sampling.sample(str(distilled / "steps_002"), steps=4)
 
 
 def test_round_steps_halve_to_one_and_must_nest():
-    assert distill.round_steps(16, 256) == [8, 4, 2, 1]
+    assert distillation.round_steps(16, 256) == [8, 4, 2, 1]
     for bad in (6, 1, 512):
-        with pytest.raises(from_config.ConfigError, match="power of two"):
-            distill.round_steps(bad, 256)
+        with pytest.raises(errors.ConfigError, match="power of two"):
+            distillation.round_steps(bad, 256)
 
 
 @pytest.mark.parametrize("name", ["digits_v", "mnist_v"])
 def test_teacher_configs_have_nesting_grids(name):
     config = importlib.import_module(f"configs.{name}").get_config()
-    from_config.validate_config(config, num_devices=1)
+    validation.validate_config(config, num_devices=1)
     assert config.diffusion.prediction == "v" and config.diffusion.schedule == "cosine"
-    assert distill.round_steps(128, config.diffusion.num_timesteps) == [64, 32, 16, 8, 4, 2, 1]
+    assert distillation.round_steps(128, config.diffusion.num_timesteps) == [64, 32, 16, 8, 4, 2, 1]

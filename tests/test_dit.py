@@ -215,15 +215,16 @@ def test_parameter_counts_match_paper(size, millions):
 def test_dit_configs_build(name):
     import importlib
 
-    from experiments import from_config
+    from experiments.runs import builders, kinds, validation
+
 
     config = importlib.import_module(f"configs.{name}").get_config()
     base = importlib.import_module(f"configs.{name.removesuffix('_dit')}").get_config()
     assert config.data == base.data and config.diffusion == base.diffusion
-    from_config.validate_config(config, num_devices=1)
-    model = from_config.build_model(config)
-    assert isinstance(model, DiT) and from_config.cond_spec(model) == (10, None)
-    x = jnp.zeros(from_config.image_shape(config, batch=2))
+    validation.validate_config(config, num_devices=1)
+    model = kinds.build_model(config)
+    assert isinstance(model, DiT) and builders.cond_spec(model) == (10, None)
+    x = jnp.zeros(builders.image_shape(config, batch=2))
     t = jnp.zeros((2,), jnp.int32)
     variables = jax.eval_shape(model.init, jax.random.key(0), x, t)
     assert jax.eval_shape(model.apply, variables, x, t).shape == x.shape

@@ -157,7 +157,7 @@ def test_noise_conditioned_classifier_takes_timesteps():
 def tiny_run(tmp_path_factory):
     """A workdir with an untrained tiny class-conditional UNet saved at step 0."""
     from configs import digits as digits_config
-    from experiments import from_config
+    from experiments.runs import builders, kinds
     from jaxdiff import checkpoint
 
     config = digits_config.get_config()
@@ -165,9 +165,9 @@ def tiny_run(tmp_path_factory):
                         norm_num_groups=4)
     config.diffusion.num_timesteps = 4
     workdir = tmp_path_factory.mktemp("run")
-    model = from_config.build_model(config)
-    state = from_config.init_state(
-        config, model, from_config.build_optimizer(config), jax.random.key(0)
+    model = kinds.build_model(config)
+    state = builders.init_state(
+        config, model, builders.build_optimizer(config), jax.random.key(0)
     )
     manager = checkpoint.make_manager(workdir, async_save=False)
     checkpoint.save(manager, 0, state=state, config=config, wait=True)
@@ -176,9 +176,9 @@ def tiny_run(tmp_path_factory):
 
 
 def test_evaluate_sweep_writes_report(tiny_run):
-    from experiments import evaluate
+    from experiments.runs import evaluation
 
-    report = evaluate.evaluate(
+    report = evaluation.evaluate(
         tiny_run, samplers=["ddim"], steps=[2], guidance=[0, 1], num=30, batch_size=16,
         max_real=200, classifier_steps=10,
     )
@@ -202,34 +202,35 @@ def test_evaluate_sweep_writes_report(tiny_run):
 
 def test_sweep_settings():
     from configs import digits as digits_config
-    from experiments import evaluate, from_config
+    from experiments.runs import evaluation
+    from experiments.runtime import errors
 
     config = digits_config.get_config()
     T = config.diffusion.num_timesteps
-    grid = evaluate._settings(config, ["ddpm", "ddim"], [10, 50], [0, 3], conditional=True)
+    grid = evaluation.sweep_settings(config, ["ddpm", "ddim"], [10, 50], [0, 3], conditional=True)
     # DDPM walks all T steps once; only DDIM takes the step counts.
     assert grid == [("ddpm", T, 0.0), ("ddpm", T, 3.0), ("ddim", 10, 0.0), ("ddim", 10, 3.0),
                     ("ddim", 50, 0.0), ("ddim", 50, 3.0)]
     # An unconditional model has nothing to guide: guidance 0 only.
-    assert evaluate._settings(config, ["ddim"], [10], [0, 3], conditional=False) == [
+    assert evaluation.sweep_settings(config, ["ddim"], [10], [0, 3], conditional=False) == [
         ("ddim", 10, 0.0)
     ]
-    with pytest.raises(from_config.ConfigError, match="exceed"):
-        evaluate._settings(config, ["ddim"], [T + 1], [0], conditional=True)
+    with pytest.raises(errors.ConfigError, match="exceed"):
+        evaluation.sweep_settings(config, ["ddim"], [T + 1], [0], conditional=True)
 
 
 def test_default_sweep_is_quick_and_full_is_behind_a_flag():
     from configs import digits as digits_config
     from configs import digits_uncond
-    from experiments import evaluate
+    from experiments.runs import evaluation
 
     config = digits_config.get_config()
     # The run's own preview sampler and steps, unguided and at its guidance scale.
-    assert evaluate.default_sweep(config) == {
+    assert evaluation.default_sweep(config) == {
         "samplers": ("ddim",), "steps": (50,), "guidance": (0.0, 2.0)
     }
-    assert evaluate.default_sweep(digits_uncond.get_config())["guidance"] == (0.0,)
-    full = evaluate.default_sweep(config, full=True)
-    grid = evaluate._settings(config, full["samplers"], full["steps"], full["guidance"],
+    assert evaluation.default_sweep(digits_uncond.get_config())["guidance"] == (0.0,)
+    full = evaluation.default_sweep(config, full=True)
+    grid = evaluation.sweep_settings(config, full["samplers"], full["steps"], full["guidance"],
                               conditional=True)
     assert len(grid) == 20  # DDPM at T x 4 scales + DDIM at 4 step counts x 4 scales

@@ -16,9 +16,8 @@ from test_pretrained import _expected
 from test_unet import random_params
 
 from configs import digits, faces_finetune
-from experiments import finetune, from_config
-from experiments import sample as sample_cli
-from experiments import train as train_cli
+from experiments.runs import finetune, sampling, train_loop
+from experiments.runtime import errors
 from jaxdiff import pretrained, sources
 from jaxdiff.models.unet import UNet
 
@@ -49,7 +48,7 @@ def test_export_import_finetune_sample(tmp_path, mnist_pngs):
     folder = pretrained.save_diffusers_pipeline(model, params, tmp_path / "digits_pipeline",
                                                 scheduler_config=sched, sample_size=16)
 
-    before = sample_cli.sample(None, pretrained=str(folder), steps=4, num=1,
+    before = sampling.sample(None, pretrained=str(folder), steps=4, num=1,
                                out=str(tmp_path / "before"))
     assert before["images"].shape == (10, 16, 16, 1) and before["grid"].exists()
 
@@ -62,7 +61,7 @@ def test_export_import_finetune_sample(tmp_path, mnist_pngs):
                         checkpoint_every=3, ema_start_step=0, ema_decay=0.0)
     config.sample.update(steps=4, num=1)
     workdir = tmp_path / "run"
-    state = train_cli.train_and_evaluate(config, str(workdir))
+    state = train_loop.train_and_evaluate(config, str(workdir))
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["diffusion"]["schedule"] == "cosine" and saved["diffusion"]["num_timesteps"] == 50
     assert saved["model"]["block_out_channels"] == [8, 16]
@@ -75,7 +74,7 @@ def test_export_import_finetune_sample(tmp_path, mnist_pngs):
         jax.tree.leaves(params["mid_block"]), jax.tree.leaves(new["mid_block"]), strict=True)]
     assert min(moved) > 0, moved
 
-    after = sample_cli.sample(str(workdir), steps=4, num=1, out=str(tmp_path / "after"))
+    after = sampling.sample(str(workdir), steps=4, num=1, out=str(tmp_path / "after"))
     assert after["images"].shape == (10, 16, 16, 1)
     assert np.abs(after["images"].astype(int) - before["images"]).mean() > 1
 
@@ -84,7 +83,7 @@ def test_frozen_prefix_that_matches_nothing_is_a_config_error():
     params = {"conv_in": {"kernel": np.zeros(1)}, "mid_block": {"bias": np.zeros(1)}}
     mask = finetune.frozen_mask(params, "mid_block")
     assert mask == {"conv_in": {"kernel": False}, "mid_block": {"bias": True}}
-    with pytest.raises(from_config.ConfigError, match=r"match no parameter.*conv_in"):
+    with pytest.raises(errors.ConfigError, match=r"match no parameter.*conv_in"):
         finetune.frozen_mask(params, "down_blocks")
 
 

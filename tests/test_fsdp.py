@@ -20,16 +20,17 @@ import json, sys
 import jax, numpy as np
 sys.path.insert(0, {tests!r})
 from test_cli import tiny_config
-from experiments import from_config
+from experiments.runs import builders, kinds, restore, training_data
+
 from jaxdiff import checkpoint, optim
 from jaxdiff import train as jd_train
 
 config = tiny_config()
-model = from_config.build_model(config)
-schedule = from_config.build_schedule(config)
-optimizer = from_config.build_optimizer(config)
-loss_fn = from_config.build_loss(config, model, schedule)
-init = lambda key: from_config.init_state(config, model, optimizer, key)
+model = kinds.build_model(config)
+schedule = builders.build_schedule(config)
+optimizer = builders.build_optimizer(config)
+loss_fn = builders.build_loss(config, model, schedule)
+init = lambda key: builders.init_state(config, model, optimizer, key)
 key = jax.random.key(0)
 out = {{}}
 for fsdp in (1, 4):
@@ -43,7 +44,7 @@ for fsdp in (1, 4):
             held[str(shard.device)] = held.get(str(shard.device), 0) + shard.data.nbytes
     computed = jd_train.bytes_per_device(jax.eval_shape(init, key), shardings)
     step = jd_train.make_train_step(loss_fn, optimizer, mesh, state_sharding=shardings)
-    data = from_config.build_data(config)
+    data = training_data.build_data(config)
     losses = []
     for _ in range(3):
         state, metrics = step(state, jd_train.shard_batch(next(data), mesh))
@@ -97,12 +98,13 @@ def test_each_device_holds_about_a_quarter_of_the_state(fsdp_run):
 def test_fsdp_checkpoint_restores_on_one_device(fsdp_run):
     from test_cli import tiny_config
 
-    from experiments import from_config
+    from experiments.runs import kinds, restore
+
 
     _, workdir = fsdp_run
     config = tiny_config()
-    model = from_config.build_model(config)
-    params, _, step = from_config.restore_for_sampling(config, str(workdir), model)
+    model = kinds.build_model(config)
+    params, _, step = restore.restore_for_sampling(config, str(workdir), model)
     assert step == 3
     out, _ = fsdp_run
     leaves = jax.tree.leaves(params)

@@ -1,4 +1,4 @@
-"""experiments.host_memory: glibc tunables that keep XLA:CPU's scratch memory mapped."""
+"""experiments.runtime.host_memory: glibc tunables that keep XLA:CPU's scratch memory mapped."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from experiments import host_memory
+from experiments.runtime import host_memory
 from tests.conftest import ROOT
 
 
@@ -33,8 +33,8 @@ def test_wanted_only_for_cpu_jax_and_not_opted_out():
 def _run(env_extra):
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     env.update(JAX_PLATFORMS="cpu", **env_extra)
-    out = subprocess.run([sys.executable, "-m", "experiments.host_memory"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "experiments.runtime.host_memory"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300, check=True).stdout
     lines = dict(line.split("=", 1) if "=" in line else line.split(": ", 1)
                  for line in out.splitlines())
     return lines["GLIBC_TUNABLES"], float(lines["minor page faults per call"])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_cli import TINY_CONFIG, tiny_config
 
-from experiments import from_config
+from experiments.runs import kinds, restore
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 4
@@ -77,10 +77,10 @@ def test_two_processes_match_one_process_step_by_step(runs):
 def test_same_final_params(runs):
     tmp, _ = runs
     config = tiny_config()
-    model = from_config.build_model(config)
+    model = kinds.build_model(config)
     # Saved by 1 process on 4 devices and by 2 processes; restored here on this process's mesh.
-    a, ema_a, step_a = from_config.restore_for_sampling(config, str(tmp / "1x4"), model)
-    b, ema_b, step_b = from_config.restore_for_sampling(config, str(tmp / "2x2"), model)
+    a, ema_a, step_a = restore.restore_for_sampling(config, str(tmp / "1x4"), model)
+    b, ema_b, step_b = restore.restore_for_sampling(config, str(tmp / "2x2"), model)
     assert step_a == step_b == STEPS
     # Float tolerance: the all-reduce adds in another order over gloo, and Adam divides by
     # sqrt(v), so where a gradient is ~1e-8 that noise moves the update by up to ~1% of the

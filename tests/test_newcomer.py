@@ -13,7 +13,8 @@ from ml_collections import config_flags
 from test_cli import tiny_config, user_error
 
 from configs import digits
-from experiments import from_config, progress, user_input
+from experiments.runs import restore
+from experiments.runtime import errors, progress, user_input
 
 
 def test_suggest_field_searches_every_section():
@@ -38,7 +39,7 @@ def test_unknown_field_on_the_command_line_names_the_right_one(override, hint, c
     argv = ["train", "--config=configs/digits.py", override]
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv
     with pytest.raises(SystemExit) as info:
-        from_config.parse_flags(argv, flag_values)
+        errors.parse_flags(argv, flag_values)
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"error: {override.split('=')[0]}: ")
@@ -55,7 +56,7 @@ def test_workdir_that_is_a_file(tmp_path, capsys):
     )
     assert f"lies below {path}, which is a file" in user_error(capsys, tiny_config(), path / "run")
     with pytest.raises(NotADirectoryError, match="is a file"):
-        from_config.load_run_config(path)  # what sample.py and evaluate.py call first
+        restore.load_run_config(path)  # what sample.py and evaluate.py call first
 
 
 def test_progress_bar_shows_finished_steps_only():

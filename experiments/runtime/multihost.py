@@ -13,15 +13,16 @@ from __future__ import annotations
 
 from absl import flags
 
+from experiments.runtime.flag_defs import define
 from jaxdiff import distributed
 
 
 def define_flags() -> None:
-    flags.DEFINE_string(
-        "coordinator_address", None, "host:port of process 0, for a run over several processes."
-    )
-    flags.DEFINE_integer("num_processes", None, "How many processes take part in the run.")
-    flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+    define(flags.DEFINE_string, "coordinator_address", None,
+           "host:port of process 0, for a run over several processes.")
+    define(flags.DEFINE_integer, "num_processes", None, "How many processes take part in the run.")
+    define(flags.DEFINE_integer, "process_id", None,
+           "This process's index in [0, num_processes).")
 
 
 def initialize_from_flags() -> None:

@@ -1,7 +1,7 @@
 """From a ControlNet config (``config.controlnet``) to the objects of a run: the frozen base,
 the controlled model, hint data, the hinted loss, sampling conditions and hint agreement.
 
-experiments/train.py and sample.py call this module only when ``enabled(config)``.
+``experiments.runs.kinds`` hands a config to this module when ``enabled(config)``.
 Training copies the base UNet's EMA params into ``<workdir>/base_params.msgpack`` at its
 first start, so a run keeps working however its base workdir changes later; sampling
 reads that copy.
@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import from_config
+from experiments.runs import builders, restore
+from experiments.runtime.errors import ConfigError
 from jaxdiff import checkpoint, data, hints, sources
 from jaxdiff.models.controlnet import ControlledUNet, ControlNet
 
@@ -36,20 +37,20 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
 def validate(config: ml_collections.ConfigDict) -> None:
     c = config.controlnet
     if c.hint not in hints.HINT_TYPES:
-        raise from_config.ConfigError(
+        raise ConfigError(
             f"controlnet.hint must be one of {hints.HINT_TYPES}, got {c.hint!r}"
         )
     if c.hint_device not in HINT_DEVICES:
-        raise from_config.ConfigError(
+        raise ConfigError(
             f"controlnet.hint_device must be one of {HINT_DEVICES}, got {c.hint_device!r}"
         )
     if c.hint_device == "device" and c.hint != "canny":
-        raise from_config.ConfigError(
+        raise ConfigError(
             "controlnet.hint_device='device' makes Canny hints in JAX; use hint_device='data' "
             f"for {c.hint!r} hints"
         )
     if (c.hint == "depth") != (config.data.source == "scenes"):
-        raise from_config.ConfigError(
+        raise ConfigError(
             "depth hints come with the data: use controlnet.hint='depth' with "
             "data.source='scenes' (synthetic scenes with exact depth), and image hints with "
             f"other sources; got hint={c.hint!r}, data.source={config.data.source!r}"
@@ -76,13 +77,13 @@ def load_base(config: ml_collections.ConfigDict) -> tuple[Any, Any, int]:
     """(UNet, EMA params, step) of ``controlnet.base_workdir``, checked against config.model."""
     base_workdir = config.controlnet.get("base_workdir")
     if not base_workdir:
-        raise from_config.ConfigError(
+        raise ConfigError(
             "set --config.controlnet.base_workdir to the trained base run (e.g. runs/digits)"
         )
     try:
-        saved = from_config.load_run_config(base_workdir)
+        saved = restore.load_run_config(base_workdir)
     except (OSError, ValueError) as e:
-        raise from_config.ConfigError(
+        raise ConfigError(
             f"controlnet.base_workdir={base_workdir} is missing or unreadable: {e}"
         ) from None
     wanted = checkpoint.config_to_dict(config)
@@ -97,12 +98,12 @@ def load_base(config: ml_collections.ConfigDict) -> tuple[Any, Any, int]:
         if have["data"].get(k) != wanted["data"].get(k)
     ]
     if diff:
-        raise from_config.ConfigError(
+        raise ConfigError(
             f"the base in {base_workdir} does not match this config's architecture: "
             + "; ".join(d.replace("(saved)", "(base)") for d in diff)
         )
-    unet = from_config.build_model(saved)
-    _, ema, step = from_config.restore_for_sampling(saved, base_workdir, unet)
+    unet = builders.build_model(saved)
+    _, ema, step = restore.restore_for_sampling(saved, base_workdir, unet)
     return unet, ema, step
 
 
@@ -111,10 +112,10 @@ def build_model(
 ) -> ControlledUNet:
     """The controlled model; its base params come from ``<workdir>/base_params.msgpack``,
     written from ``controlnet.base_workdir`` when training starts without one."""
-    unet = from_config.build_model(config)
+    unet = builders.build_model(config)
     path = pathlib.Path(workdir) / BASE_PARAMS
     if path.exists():
-        x = jnp.zeros(from_config.image_shape(config, batch=1))
+        x = jnp.zeros(builders.image_shape(config, batch=1))
         target = jax.eval_shape(unet.init, jax.random.key(0), x, jnp.zeros((1,), jnp.int32))
         base_params = flax.serialization.from_bytes(target["params"], path.read_bytes())
     elif for_training:
@@ -136,7 +137,7 @@ def build_model(
 def build_loss(config: ml_collections.ConfigDict, model: ControlledUNet, schedule: Any) -> Any:
     """The denoising loss of the controlled model; with ``hint_device='device'`` the batch's
     Canny hints are made by ``hints.canny_jax`` inside the jitted train step."""
-    loss_fn = from_config.build_loss(config, model, schedule)
+    loss_fn = builders.build_loss(config, model, schedule)
     if config.controlnet.hint_device != "device":
         return loss_fn
     options = hint_options(config)
@@ -175,11 +176,11 @@ class HintSource:
         return record
 
 
-def _split(config: ml_collections.ConfigDict) -> tuple[Any, range, range]:
+def heldout_split(config: ml_collections.ConfigDict) -> tuple[Any, range, range]:
     source = sources.make_source(config.data)
     heldout = int(config.controlnet.heldout)
     if not 0 < heldout < len(source):
-        raise from_config.ConfigError(
+        raise ConfigError(
             f"controlnet.heldout={heldout} must be in (0, {len(source)}) for this data set"
         )
     return source, range(len(source) - heldout), range(len(source) - heldout, len(source))
@@ -189,7 +190,7 @@ def build_data(config: ml_collections.ConfigDict, *, start_batch: int = 0) -> An
     """Training batches with 'hint' (but for hint_device='device'), the held-out records
     (the last ``controlnet.heldout`` of the source) left out; the first is global batch
     ``start_batch`` (a resumed run's step)."""
-    source, train, _ = _split(config)
+    source, train, _ = heldout_split(config)
     return data.make_pipeline(
         HintSource(config, source, train),
         batch_size=int(config.data.batch_size),
@@ -201,9 +202,9 @@ def build_data(config: ml_collections.ConfigDict, *, start_batch: int = 0) -> An
 
 def heldout_batch(config: ml_collections.ConfigDict, num: int) -> dict[str, np.ndarray]:
     """The first ``num`` held-out records: 'image' in [-1, 1], 'hint', and 'label' if any."""
-    source, _, heldout = _split(config)
+    source, _, heldout = heldout_split(config)
     if not 0 < num <= len(heldout):
-        raise from_config.ConfigError(
+        raise ConfigError(
             f"--hints_from_data {num}: the run holds out {len(heldout)} images "
             "(controlnet.heldout); ask for 1 to that many"
         )
@@ -282,11 +283,11 @@ def sample_conds(
     """
     trained = config.controlnet.hint
     if hint_type is not None and hint_type != trained:
-        raise from_config.ConfigError(
+        raise ConfigError(
             f"this ControlNet was trained on {trained!r} hints, not {hint_type!r}"
         )
     if (hint_image is None) == (hints_from_data is None):
-        raise from_config.ConfigError(
+        raise ConfigError(
             "a ControlNet run samples from a hint: give --hint_image PATH or --hints_from_data N"
         )
     if hints_from_data is not None:
@@ -328,7 +329,7 @@ def hint_agreement(
     background alone would reward any centred blob). Depth cannot be recomputed here."""
     hint = config.controlnet.hint
     if hint == "depth":
-        raise from_config.ConfigError("depth hints cannot be recomputed from samples here")
+        raise ConfigError("depth hints cannot be recomputed from samples here")
     made = make_hints(config, images)
     if hint != "segmentation":
         return hints.edge_f1(made, hint_maps)

@@ -107,7 +107,7 @@ def _faults_per_call(calls: int = 5) -> float:
 
 
 if __name__ == "__main__":
-    # python -m experiments.host_memory: the tunables this process runs with, and what they
+    # python -m experiments.runtime.host_memory: the tunables this process runs with, and what they
     # do to a program's page faults (JAXDIFF_MALLOC_TUNING=0 for the comparison).
     reexec_with_malloc_tuning()
     print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}")

@@ -4,7 +4,7 @@ Dhariwal & Nichol 2021, "Diffusion Models Beat GANs", sec. 4: a classifier p_phi
 trained on the noisy images of one diffusion schedule steers that schedule's sampler with
 its gradient (``jaxdiff.guidance.classifier_guidance``). A classifier run is an ordinary
 ``experiments.train`` run whose config has ``model.name = "classifier"`` and
-``diffusion.loss = "noisy_classifier"`` (configs/digits_classifier.py); ``from_config``
+``diffusion.loss = "noisy_classifier"`` (configs/digits_classifier.py); ``kinds``
 hands such configs to this module. Instead of sample grids, training writes the accuracy of
 the EMA classifier by noise level (``accuracy_by_noise.png`` / ``.json``).
 
@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from experiments.runs import builders, restore, training_data
+from experiments.runtime.errors import ConfigError
 from jaxdiff import schedules
 from jaxdiff.models.classifier import Classifier
 
@@ -37,9 +39,7 @@ def is_classifier(config: ml_collections.ConfigDict) -> bool:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """The classifier-specific config checks (from_config.validate_config runs the rest)."""
-    from experiments.from_config import ConfigError
-
+    """The classifier-specific config checks (validation.validate_config runs the rest)."""
     if is_classifier(config) != (config.diffusion.loss == "noisy_classifier"):
         raise ConfigError(
             f"model.name={config.model.name!r} and diffusion.loss={config.diffusion.loss!r} "
@@ -53,8 +53,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def build_model(config: ml_collections.ConfigDict) -> Classifier:
     """The Classifier of ``config.model``, conditioned on the run's T timesteps."""
-    from experiments.from_config import ConfigError, image_shape
-
     fields = {k: v for k, v in config.model.to_dict().items() if k != "name"}
     T = int(config.diffusion.num_timesteps)
     if fields.setdefault("num_timesteps", T) != T:
@@ -64,8 +62,8 @@ def build_model(config: ml_collections.ConfigDict) -> Classifier:
         )
     try:
         model = Classifier(**{k: tuple(v) if isinstance(v, list) else v for k, v in
-                              _with_dtype(fields).items()})
-        x = jax.ShapeDtypeStruct(image_shape(config, batch=1), jnp.float32)
+                              with_dtype(fields).items()})
+        x = jax.ShapeDtypeStruct(builders.image_shape(config, batch=1), jnp.float32)
         t = jax.ShapeDtypeStruct((1,), jnp.int32)
         jax.eval_shape(model.init, jax.random.key(0), x, t)
     except (ValueError, TypeError) as e:
@@ -73,7 +71,7 @@ def build_model(config: ml_collections.ConfigDict) -> Classifier:
     return model
 
 
-def _with_dtype(fields: dict[str, Any]) -> dict[str, Any]:
+def with_dtype(fields: dict[str, Any]) -> dict[str, Any]:
     from jaxdiff.models import DTYPES
 
     if isinstance(fields.get("dtype"), str):
@@ -116,13 +114,11 @@ class NoiseLevelAccuracy:
     TensorBoard scalars ``noise_accuracy/t_<t>``."""
 
     def __init__(self, config, model, schedule, workdir, key, mesh):
-        from experiments import from_config
-
         del mesh  # a few hundred small images: one device is plenty
         e = config.noise_eval
         eval_config = ml_collections.ConfigDict(config.to_dict())
         eval_config.data.split = e.split or config.data.split
-        iterator = from_config.build_data(eval_config)
+        iterator = training_data.build_data(eval_config)
         batches = [next(iterator) for _ in range(-(-int(e.num_images) // config.data.batch_size))]
         self.images = jnp.concatenate([b["image"] for b in batches])[: int(e.num_images)]
         self.labels = jnp.concatenate([b["label"] for b in batches])[: int(e.num_images)]
@@ -157,12 +153,13 @@ class NoiseLevelAccuracy:
 
 def plot_accuracy_by_noise(path: pathlib.Path, history: list[dict[str, Any]]) -> None:
     import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    cmap = plt.get_cmap("viridis")
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)  # files only: no backend switch, no display
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["viridis"]
     for i, h in enumerate(history):
         ax.plot(h["timesteps"], h["accuracy"], marker="o", color=cmap(i / max(len(history) - 1, 1)),
                 label=f"step {h['step']}")
@@ -175,7 +172,6 @@ def plot_accuracy_by_noise(path: pathlib.Path, history: list[dict[str, Any]]) ->
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- guiding a run
@@ -198,8 +194,6 @@ def schedule_difference(
 
 def validate_guidance(config: ml_collections.ConfigDict, *, sampler: str, scale: float) -> None:
     """Checks classifier-guidance options against the diffusion run's config."""
-    from experiments.from_config import ConfigError
-
     if scale < 0:
         raise ConfigError(f"classifier_scale must be >= 0, got {scale}")
     if sampler == "corruption" or config.diffusion.loss != "denoising":
@@ -224,29 +218,27 @@ def load_guide(classifier_workdir: str, diffusion_config: ml_collections.ConfigD
     """The EMA classifier of ``classifier_workdir``'s newest checkpoint, after checking that
     it is a classifier run trained under ``diffusion_config``'s schedule (ConfigError with
     the differing fields otherwise)."""
-    from experiments import from_config
-
-    config = from_config.load_run_config(classifier_workdir)
+    config = restore.load_run_config(classifier_workdir)
     if not is_classifier(config):
-        raise from_config.ConfigError(
+        raise ConfigError(
             f"{classifier_workdir} is not a classifier run (model.name={config.model.name!r}); "
             "train one with --config configs/digits_classifier.py"
         )
     diff = schedule_difference(diffusion_config, config)
     if diff:
-        raise from_config.ConfigError(
+        raise ConfigError(
             f"the classifier in {classifier_workdir} was trained on another noise schedule "
             f"than the diffusion run: {diff}; train the classifier with the run's schedule "
             "(--config.diffusion.<field>=<value>)"
         )
-    ours = from_config.build_schedule(diffusion_config)
-    theirs = from_config.build_schedule(config)
+    ours = builders.build_schedule(diffusion_config)
+    theirs = builders.build_schedule(config)
     if not np.allclose(ours.alpha_bars, theirs.alpha_bars, rtol=1e-6, atol=1e-7):
-        raise from_config.ConfigError(
+        raise ConfigError(
             f"the classifier in {classifier_workdir} has other alpha_bars than the diffusion run"
         )
     model = build_model(config)
-    _, ema_params, step = from_config.restore_for_sampling(config, classifier_workdir, model)
+    _, ema_params, step = restore.restore_for_sampling(config, classifier_workdir, model)
     return Guide(
         apply=lambda params, x_t, t: model.apply({"params": params}, x_t, t),
         params=ema_params,

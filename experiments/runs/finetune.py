@@ -25,7 +25,8 @@ import ml_collections
 import optax
 from flax import traverse_util
 
-from experiments import from_config
+from experiments.runs import builders, restore
+from experiments.runtime.errors import ConfigError
 from jaxdiff import pretrained
 from jaxdiff import train as jd_train
 
@@ -69,7 +70,7 @@ def pipeline_fields(path: str) -> dict[str, Any]:
                  "squaredcos_cap_v2": "cosine"}
         kind = scheduler.get("beta_schedule", "linear")
         if kind not in kinds or scheduler.get("trained_betas") is not None:
-            raise from_config.ConfigError(
+            raise ConfigError(
                 f"{scheduler_file}: beta_schedule {kind!r} has no jaxdiff config name"
             )
         fields["diffusion"] = {
@@ -96,7 +97,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if is_diffusers_folder(folder):
         fields = pipeline_fields(path)
     else:
-        saved = from_config.load_run_config(folder)
+        saved = restore.load_run_config(folder)
         fields = {"model": saved.model.to_dict(), "diffusion": saved.diffusion.to_dict(),
                   "data": {"channels": int(saved.data.channels)}}
     resolved = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
@@ -120,7 +121,7 @@ def frozen_mask(params: Any, frozen: str) -> Any:
     unused = [p for p in prefixes if not any(n == p or n.startswith(p) for n in names.values())]
     if unused:
         top = sorted({path[0] for path in flat})
-        raise from_config.ConfigError(
+        raise ConfigError(
             f"finetune.frozen {unused} match no parameter; paths start with {top}"
         )
     return traverse_util.unflatten_dict(
@@ -131,12 +132,12 @@ def frozen_mask(params: Any, frozen: str) -> Any:
 def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """The run's optimizer, with the gradients of ``finetune.frozen`` zeroed in front
     (its state is the plain optimizer's)."""
-    optimizer = from_config.build_optimizer(config)
+    optimizer = builders.build_optimizer(config)
     frozen = (config.get("finetune") or {}).get("frozen", "")
     if not frozen:
         return optimizer
     if float(config.train.weight_decay) > 0:
-        raise from_config.ConfigError(
+        raise ConfigError(
             "finetune.frozen needs train.weight_decay=0 (decay would move frozen weights)"
         )
 
@@ -155,10 +156,10 @@ def load_params(config: ml_collections.ConfigDict, model: Any) -> Any:
     if is_diffusers_folder(folder):
         loaded_model, params = pretrained.load_diffusers_unet(folder)
         if loaded_model.clone(**{k: getattr(model, k) for k in TRAINING_CHOICES}) != model:
-            raise from_config.ConfigError(f"{folder}'s UNet differs from config.model")
+            raise ConfigError(f"{folder}'s UNet differs from config.model")
         return params
-    saved = from_config.load_run_config(folder)
-    return from_config.restore_for_sampling(saved, str(folder), model)[1]
+    saved = restore.load_run_config(folder)
+    return restore.restore_for_sampling(saved, str(folder), model)[1]
 
 
 def init_state(
@@ -167,9 +168,9 @@ def init_state(
     optimizer: optax.GradientTransformation,
     key: jax.Array,
 ) -> jd_train.TrainState:
-    """``from_config.init_state``, but from the pretrained params when init_from is set."""
+    """``builders.init_state``, but from the pretrained params when init_from is set."""
     if not config.get("init_from"):
-        return from_config.init_state(config, model, optimizer, key)
+        return builders.init_state(config, model, optimizer, key)
     _, state_key = jax.random.split(key)
     return jd_train.create_train_state(load_params(config, model), optimizer, state_key)
 
@@ -183,5 +184,5 @@ def pretrained_run(path: str, base: ml_collections.ConfigDict) -> tuple[Any, Any
     size = pipeline_fields(str(path)).get("sample_size")
     if size:
         config.data.image_size, config.data.resize_to = size, None
-    model = from_config.build_model(config)
+    model = builders.build_model(config)
     return config, load_params(config, model)

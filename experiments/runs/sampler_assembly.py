@@ -1,0 +1,91 @@
+"""Sampling assembly: a config's sampler, guidance and model as one jitted function."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from experiments.runs.builders import cond_spec
+from experiments.runs.validation import STRIDED
+from jaxdiff import guidance, samplers, schedules, xla_options
+
+
+def make_sample_fn(
+    model: nn.Module,
+    schedule: schedules.Schedule,
+    *,
+    sampler: str,
+    steps: int,
+    eta: float,
+    guidance_scale: float,
+    prediction: str,
+    shape: tuple[int, ...],
+    keep_every: int = 0,
+    mesh: jax.sharding.Mesh | None = None,
+    spacing: str | None = None,
+    clip_x0: bool | None = None,
+    variance: str | None = None,
+    classifier_apply: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None,
+    classifier_scale: float = 0.0,
+) -> Callable[..., tuple[jax.Array, jax.Array | None]]:
+    """``sample(params, key, cond, classifier_params=None) -> (images (B,H,W,C) in [-1,1],
+    trajectory)``, jitted.
+
+    ``spacing`` ("linspace" | "trailing", ``samplers.timestep_grid``) is the timestep grid of
+    ddim and dpm_solver_pp; None keeps each sampler's default.
+
+    params and cond are arguments, not constants baked into the program, so one compile
+    serves every checkpoint (the train loop's previews) and every label set. With
+    ``classifier_apply(classifier_params, x_t, t) -> logits`` and ``classifier_scale`` > 0,
+    classifier guidance toward the int labels ``cond`` wraps the (CFG-guided) denoiser; an
+    unconditional model is then called without the labels.
+    """
+    num_classes, _ = cond_spec(model)
+    sample_fn = getattr(samplers, sampler)
+    # ddpm and ddpm_no_noise walk all T steps; ddim strides over ``steps`` of them; the
+    # corruption baseline's model predicts the clean image, whatever the config says.
+    options: dict[str, Any] = {"keep_every": keep_every, "prediction": prediction, "mesh": mesh}
+    if sampler in STRIDED:
+        options.update(num_steps=int(steps))
+        if spacing is not None:
+            options.update(spacing=spacing)
+    if sampler == "ddim":
+        options.update(eta=float(eta))
+    elif sampler == "corruption":
+        options.update(num_steps=int(steps), prediction="x0")
+    if clip_x0 is not None and sampler != "corruption":  # a pretrained scheduler's choices
+        options["clip_x0"] = bool(clip_x0)
+    if variance is not None and sampler == "ddpm":
+        options["variance"] = variance
+
+    guided_by_classifier = classifier_apply is not None and classifier_scale != 0
+    # The labels are the classifier's; an unconditional model never sees them (at s = 0 too).
+    drop_cond = classifier_apply is not None and not any(cond_spec(model))
+
+    def run(params, key, cond, classifier_params=None):
+        def denoise_fn(x_t, t, c):
+            return model.apply({"params": params}, x_t, t, None if drop_cond else c)
+
+        if guidance_scale > 0:
+            denoise_fn = guidance.cfg(
+                denoise_fn, guidance_scale=guidance_scale, num_classes=num_classes
+            )
+        if guided_by_classifier:
+            denoise_fn = guidance.classifier_guidance(
+                denoise_fn, functools.partial(classifier_apply, classifier_params), schedule,
+                scale=classifier_scale, prediction=prediction,
+            )
+        images, trajectory = sample_fn(denoise_fn, schedule, key, shape, cond=cond, **options)
+        return jnp.clip(images, -1.0, 1.0), trajectory
+
+    return xla_options.jit(run)
+
+
+def grid_columns(num_images: int, rows: int) -> int:
+    return num_images // rows if rows else math.ceil(math.sqrt(num_images))
