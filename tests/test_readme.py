@@ -24,29 +24,6 @@ README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 PAGES = [README, *sorted(DOCS.glob("*.md"))]
 
-# The layout of experiments/ (CLIs at the top, runs/, runtime/, bench/) and the samplers
-# package, each with the file or files that held the same code before it: a path the docs
-# name resolves when either exists.
-LAYOUT = {
-    "experiments/runs": ["experiments/from_config.py"],
-    "experiments/runtime/host_memory.py": ["experiments/host_memory.py"],
-    "experiments/runtime/workdir_lock.py": ["experiments/workdir_lock.py"],
-    "experiments/runtime/progress.py": ["experiments/progress.py"],
-    "experiments/runtime/train_health.py": ["experiments/train_health.py"],
-    "experiments/runtime/multihost.py": ["experiments/multihost.py"],
-    "experiments/runtime/user_input.py": ["experiments/user_input.py"],
-    "experiments/bench": ["experiments/bench_sections.py"],
-    "experiments/bench/attention.py": ["experiments/bench_attention.py"],
-    "experiments/bench/flops.py": ["experiments/bench_flops.py"],
-    "experiments/bench/gpu.py": ["experiments/bench_gpu.py"],
-    "experiments/bench/jax_side.py": ["experiments/bench_jax.py"],
-    "experiments/bench/profile.py": ["experiments/bench_profile.py"],
-    "experiments/bench/sections.py": ["experiments/bench_sections.py"],
-    "experiments/bench/timing.py": ["experiments/bench_timing.py"],
-    "experiments/bench/torch_dit.py": ["experiments/torch_dit.py"],
-    "experiments/bench/gpu_wheels.sh": ["experiments/gpu_wheels.sh"],
-    "jaxdiff/samplers": ["jaxdiff/samplers.py", "jaxdiff/dpm_solver.py"],
-}
 TOP_DIRS = ("jaxdiff", "experiments", "configs", "tests", "notebooks", "docs")
 # Flags that absl defines for every program.
 ABSL_FLAGS = {"help", "helpfull", "helpshort", "flagfile", "undefok", "only_check_args",
@@ -54,10 +31,8 @@ ABSL_FLAGS = {"help", "helpfull", "helpshort", "flagfile", "undefok", "only_chec
 
 
 def resolves(relative: str) -> bool:
-    """A repository path (file or folder) exists, in this layout or as the code it holds."""
-    relative = relative.rstrip("/")
-    return (ROOT / relative).exists() or any((ROOT / old).exists()
-                                             for old in LAYOUT.get(relative, ()))
+    """A repository path (file or folder) exists."""
+    return (ROOT / relative.rstrip("/")).exists()
 
 
 def snippet() -> str:

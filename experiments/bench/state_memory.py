@@ -11,13 +11,13 @@ def report(config: Any, *, fsdp_values: list[int]) -> list[dict]:
     and, of those, the params' own bytes."""
     import jax
 
-    from experiments import from_config
+    from experiments.runs import builders
     from jaxdiff import train as jd_train
 
-    model = from_config.build_model(config)
-    optimizer = from_config.build_optimizer(config)
+    model = builders.build_model(config)
+    optimizer = builders.build_optimizer(config)
     shapes = jax.eval_shape(
-        lambda key: from_config.init_state(config, model, optimizer, key), jax.random.key(0)
+        lambda key: builders.init_state(config, model, optimizer, key), jax.random.key(0)
     )
     rows = []
     for fsdp in fsdp_values:
