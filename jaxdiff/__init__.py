@@ -26,6 +26,7 @@ from jaxdiff import (
     train,
     viz,
 )
+
 # DPM-Solver++'s module, also reachable as jd.dpm_solver.
 from jaxdiff.samplers import dpm_solver
 

@@ -22,7 +22,6 @@ import shutil
 import tempfile
 
 
-
 def platforms_for_tests(platforms: str | None) -> str:
     """JAX_PLATFORMS for the tests: the CPU by default; an accelerator run
     (``JAX_PLATFORMS=cuda``) keeps the CPU beside it, which ``jax.debug.callback`` needs to
