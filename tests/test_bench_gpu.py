@@ -32,10 +32,7 @@ def test_importing_the_benchmark_needs_no_optional_package():
         "import experiments.bench.config, experiments.bench.results\n"
         "print('imported')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "imported" in out.stdout
+    assert "imported" in run_python(code)
 
 
 def test_benchmark_flags_are_registered_by_define_flags_only():
@@ -47,10 +44,15 @@ def test_benchmark_flags_are_registered_by_define_flags_only():
         "assert {'preset', 'out', 'only', 'config', 'fsdp'} <= set(flags.FLAGS)\n"
         "print('defined')\n"
     )
+    assert "defined" in run_python(code)
+
+
+def run_python(code: str) -> str:
+    """stdout of ``python -c code`` in the repository root; fails the test on an error."""
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "defined" in out.stdout
+    return out.stdout
 
 
 def test_preset_defaults_yield_to_flags_given():
