@@ -117,6 +117,7 @@ def test_health_check_warns_then_stops():
         health.check({"step": 30, "skipped": 10.0, "loss": float("nan")}, steps=10)
 
 
+@pytest.mark.slow
 def test_learning_rate_1e4_stops_with_a_message(tmp_path, capsys):
     config = tiny_config()
     # was: 29 of 30 steps skipped, exit code 0, no warning

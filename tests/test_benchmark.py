@@ -88,6 +88,7 @@ def test_jax_variants_compile_the_requested_extras():
         np.testing.assert_array_equal(c(jnp.ones(3)), 2.0 * np.ones(3))
 
 
+@pytest.mark.slow
 def test_jax_train_callables_step_the_real_train_step(tiny_unet):
     model, params = tiny_unet
     images = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 1)).astype(np.float32)

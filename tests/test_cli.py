@@ -82,6 +82,7 @@ def test_run_writes_metrics_samples_and_the_last_checkpoints(trained):
     assert json.loads((trained / "config.json").read_text())["train"]["steps"] == 6
 
 
+@pytest.mark.slow
 def test_stop_and_resume_gives_the_same_loss_curve(trained, tmp_path):
     config = tiny_config()
     config.train.steps = 4  # stops between two checkpoints: resumes from its final save
@@ -138,6 +139,7 @@ def wait_for_steps(process, workdir, steps, timeout=90.0):
     pytest.fail(f"no {steps} steps within {timeout} s")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
     workdir = tmp_path / "run"
     process = launch(tmp_path, workdir, "--config.train.checkpoint_every=1000")
@@ -152,6 +154,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert manager.latest_step() >= 3
 
 
+@pytest.mark.slow
 def test_sigkill_loses_at_most_checkpoint_every_steps(tmp_path):
     workdir = tmp_path / "run"
     process = launch(tmp_path, workdir, "--config.train.checkpoint_every=2")

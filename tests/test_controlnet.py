@@ -61,6 +61,7 @@ def test_residuals_scale_with_conditioning_scale(setup):
     assert float(jnp.abs(model.apply({"params": params}, x, t, cond) - base_out).max()) > 1e-3
 
 
+@pytest.mark.slow
 def test_training_changes_the_controlnet_only_and_the_optimizer_never_sees_the_base(setup):
     model, base, x, t, cond, params = setup
     base_before = jax.device_get(base)

@@ -125,6 +125,7 @@ MODELS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_train_student_against_frozen_guided_teacher(name):
     """Student = a copy of the teacher; train steps change the student, never the teacher."""

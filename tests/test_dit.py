@@ -230,6 +230,7 @@ def test_dit_configs_build(name):
     assert jax.eval_shape(model.apply, variables, x, t).shape == x.shape
 
 
+@pytest.mark.slow
 def test_training_lowers_denoising_loss():
     """A tiny DiT fits a fixed set of 8x8 bar images: the eps-loss drops well below its
     value at initialisation (~1.0 = E[eps^2], since the zero-initialised model outputs 0)."""
@@ -270,6 +271,7 @@ def test_training_lowers_denoising_loss():
     assert final < 0.5 * initial, (initial, final)
 
 
+@pytest.mark.slow
 def test_works_with_every_prediction_sampler_and_guidance(tiny):
     """The DiT slots into the same loss, samplers and CFG wrapper as the UNet."""
     from jaxdiff import guidance, losses, samplers, schedules

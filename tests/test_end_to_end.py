@@ -7,6 +7,7 @@ pixel statistics are closer to real digits than noise's are."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jaxdiff as jd
 from jaxdiff.models.unet import UNet
@@ -22,6 +23,7 @@ def _stats(images: np.ndarray) -> np.ndarray:
     )
 
 
+@pytest.mark.slow
 def test_tiny_unet_on_real_mnist_samples_digit_like_images(mnist_dir):
     source = jd.sources.load_idx(mnist_dir, split="test")
     pipeline = jd.data.make_pipeline(source, batch_size=BATCH, seed=0, image_size=SIZE)

@@ -48,6 +48,7 @@ def test_notebook_is_committed_without_outputs(path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_in_tiny_mode(path, monkeypatch):
     # The kernel inherits this environment: tiny sizes, CPU, this checkout importable

@@ -73,6 +73,7 @@ def loss_and_grad_norm(model, params, data):
     return [float(v) for v in f(params)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["unet", "dit"])
 def test_bf16_train_loss_and_gradients_match_fp32(name):
     data = batch()

@@ -42,6 +42,7 @@ def snippet() -> str:
     return match.group(1)
 
 
+@pytest.mark.slow
 def test_functional_api_snippet_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
