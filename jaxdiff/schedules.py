@@ -122,9 +122,13 @@ def per_example(values: jax.Array, *, like: jax.Array) -> jax.Array:
     return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
 
 
-def _at(table: jax.Array, t: jax.Array, x: jax.Array) -> jax.Array:
-    """table[t] reshaped to broadcast against x: (B,) -> (B, 1, 1, ..., 1), in x's dtype."""
-    return per_example(table[jnp.asarray(t, jnp.int32)], like=x).astype(x.dtype)
+def alpha_sigma(schedule: Schedule, t: jax.Array, like: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(alpha_t, sigma_t) = (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) per example, shaped to
+    broadcast against ``like`` and in its dtype. Computed in the table's float32 and cast
+    last: in bfloat16, alpha_bar_0 = 0.9999 rounds to 1, which would make sigma_0 zero (no
+    noise at small t, and a division by zero for x0-prediction)."""
+    ab = per_example(schedule.alpha_bars[jnp.asarray(t, jnp.int32)], like=like)
+    return jnp.sqrt(ab).astype(like.dtype), jnp.sqrt(1.0 - ab).astype(like.dtype)
 
 
 def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
@@ -134,15 +138,15 @@ def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) 
 
     Shapes: x0 and noise (B, ...), t (B,) int32.
     """
-    ab = _at(schedule.alpha_bars, t, x0)
-    return jnp.sqrt(ab) * x0 + jnp.sqrt(1.0 - ab) * noise
+    alpha, sigma = alpha_sigma(schedule, t, x0)
+    return alpha * x0 + sigma * noise
 
 
 def v_from(schedule: Schedule, x0: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
     """The velocity v = alpha_t eps - sigma_t x0 of Salimans & Ho 2022, sec. 4, with
     alpha_t = sqrt(alpha_bar_t) and sigma_t = sqrt(1 - alpha_bar_t)."""
-    ab = _at(schedule.alpha_bars, t, x0)
-    return jnp.sqrt(ab) * eps - jnp.sqrt(1.0 - ab) * x0
+    alpha, sigma = alpha_sigma(schedule, t, x0)
+    return alpha * eps - sigma * x0
 
 
 def target(
@@ -178,8 +182,7 @@ def to_x0_eps(
       using alpha^2 + sigma^2 = 1).
     """
     check_prediction(prediction)
-    ab = _at(schedule.alpha_bars, t, x_t)
-    alpha, sigma = jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
+    alpha, sigma = alpha_sigma(schedule, t, x_t)
     if prediction == "eps":
         eps = output
         x0 = (x_t - sigma * eps) / alpha

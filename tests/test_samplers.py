@@ -333,6 +333,13 @@ SHARDED_SCRIPT = textwrap.dedent(
         assert out.sharding.spec[0] == "data" and traj.sharding.spec[1] == "data"
         np.testing.assert_allclose(out, ref, atol=1e-5)
         np.testing.assert_allclose(traj, ref_traj, atol=1e-5)
+        # Any axis names, any number of axes: the batch is split over every device.
+        for other in (Mesh(np.array(jax.devices()), ("batch",)),
+                      Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "fsdp"))):
+            out, traj = run(key, other)
+            assert {s.data.shape[0] for s in out.addressable_shards} == {2}, out.sharding
+            assert {s.data.shape[1] for s in traj.addressable_shards} == {2}, traj.sharding
+            np.testing.assert_allclose(out, ref, atol=1e-5)
     print("OK")
     """
 )

@@ -86,3 +86,30 @@ def test_per_example_broadcasts_against_the_batch():
     out = schedules.per_example(values, like=x)
     assert out.shape == (3, 1, 1, 1)
     np.testing.assert_array_equal((out + x)[:, 2, 3, 1], values)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_bfloat16_inputs_keep_the_noise_at_small_t(prediction):
+    # alpha_bar_0 = 1 - 1e-4 rounds to 1 in bfloat16: the coefficients must be taken in
+    # float32 and cast last, or sigma_0 = 0 (no noise, and x0-prediction divides by zero).
+    schedule = schedules.linear(1000)
+    kx, kn = jax.random.split(jax.random.key(0))
+    x0 = jax.random.uniform(kx, (4, 8, 8, 1), minval=-1, maxval=1)
+    noise = jax.random.normal(kn, x0.shape)
+    t = jnp.array([0, 0, 1, 500], jnp.int32)
+    alpha, sigma = schedules.alpha_sigma(schedule, t, x0.astype(jnp.bfloat16))
+    assert alpha.dtype == sigma.dtype == jnp.bfloat16 and alpha.shape == (4, 1, 1, 1)
+    assert float(sigma[0, 0, 0, 0]) == pytest.approx(0.01, rel=1e-2)  # sqrt(beta_0)
+    x_t32 = schedules.q_sample(schedule, x0, t, noise)
+    x_t16 = schedules.q_sample(schedule, x0.astype(jnp.bfloat16), t,
+                               noise.astype(jnp.bfloat16))
+    assert x_t16.dtype == jnp.bfloat16
+    added = np.asarray(x_t16.astype(jnp.float32) - x0)[:2]  # the noise added at t = 0
+    np.testing.assert_allclose(added, 0.01 * np.asarray(noise)[:2], atol=0.01)
+    assert np.abs(added).max() > 0.01
+    target = schedules.target(schedule, x0, t, noise, prediction).astype(jnp.bfloat16)
+    x0_hat, eps_hat = schedules.to_x0_eps(schedule, x_t32.astype(jnp.bfloat16), t, target,
+                                          prediction)
+    assert np.isfinite(np.asarray(x0_hat.astype(jnp.float32))).all()
+    assert np.isfinite(np.asarray(eps_hat.astype(jnp.float32))).all()
+    np.testing.assert_allclose(np.asarray(x0_hat.astype(jnp.float32))[2:], x0[2:], atol=0.1)

@@ -63,11 +63,14 @@ def scan(
 
 
 def batch_constraint(mesh: Mesh | None, *, batch_axis: int):
-    """A function that sharding-constrains an array's ``batch_axis`` over the mesh's 'data'
-    axis (the identity without a mesh)."""
+    """A function that sharding-constrains an array's ``batch_axis`` over every axis of the
+    mesh, whatever their names (the identity without a mesh): the train step's batch layout
+    (``jaxdiff.train.data_sharding``), so on a ('data', 'fsdp') mesh each device samples its
+    own 1 / mesh.size of the batch."""
     if mesh is None:
         return lambda x: x
-    spec = P(*([None] * batch_axis), "data")
+    axes = mesh.axis_names[0] if len(mesh.axis_names) == 1 else tuple(mesh.axis_names)
+    spec = P(*([None] * batch_axis), axes)
     sharding = NamedSharding(mesh, spec)
     return lambda x: jax.lax.with_sharding_constraint(x, sharding)
 
