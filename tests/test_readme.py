@@ -81,15 +81,6 @@ def test_readme_is_a_front_page_that_links_every_docs_page():
         assert (DOCS / f"{page}.md").exists(), page
 
 
-def test_pages_speak_to_users():
-    """No words about how the project was built, only what it is and does."""
-    banned = re.compile(r"\bsessions?\b|\blent\b|\$OUT\b|\bissue \d+|\bissue's\b|\bcarried\b",
-                        re.I)
-    for page in PAGES:
-        for number, line in enumerate(page.read_text().splitlines(), 1):
-            assert not banned.search(line), f"{page.name}:{number}: {line}"
-
-
 def slug(heading: str) -> str:
     """GitHub's anchor of a markdown heading."""
     text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
