@@ -101,6 +101,7 @@ def train(
     t = config.train
     last_saved = start_step
     step = start_step
+    stopping = False
 
     def save(step: int, state: jd_train.TrainState) -> int:
         # Waits for the write: a crash (SIGKILL, OOM) then loses at most checkpoint_every
@@ -114,7 +115,7 @@ def train(
     )
     try:
         with stop:
-            while step < total_steps and stop.signum is None:
+            while step < total_steps and not stopping:
                 batch = jd_train.shard_batch(next(data_iterator), mesh)
                 state, metrics = train_step(state, batch)
                 step += 1
@@ -134,12 +135,13 @@ def train(
                     preview.write(step, optim.ema_params(state.opt_state), logger.writer)
                 if step % t.checkpoint_every == 0 or done:
                     last_saved = save(step, state)
-            if stop.signum is not None and last_saved != step:
+                stopping = stop.should_stop(step)  # the same step on every process
+            if stopping and last_saved != step:
                 save(step, state)
     finally:
         bar.close()
         manager.close()
         logger.close()
-    if stop.signum is not None:
+    if stopping:
         raise TrainingInterrupted(stop.signum, step)
     return state
