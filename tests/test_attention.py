@@ -1,5 +1,10 @@
 """jaxdiff.attention: the grouped CPU attention equals jax.nn.dot_product_attention."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,11 +64,78 @@ def test_bfloat16_softmax_in_float32():
     np.testing.assert_allclose(out.astype(jnp.float32), ref, atol=3e-2)
 
 
-def test_group_size_fits_cache_and_divides_rows():
-    assert attention.group_size(256, 256) == 8  # 8 x 256 x 256 = 2**19 logits
-    assert attention.group_size(256, 64) == 128
-    assert attention.group_size(6, 256, cache_elements=4 * 256 * 256) == 3  # divisor of 6
-    assert attention.group_size(5, 1024) == 1
+def test_block_sizes_fit_cache_and_divide():
+    assert attention.block_sizes(32, 8, 256) == (1, 64)  # 32 x 64 x 256 = 2**19
+    assert attention.block_sizes(1, 8, 256) == (8, 256)  # 8 x 256 x 256 = 2**19
+    assert attention.block_sizes(4, 6, 64) == (6, 64)
+    assert attention.block_sizes(2, 6, 256, cache_elements=4 * 256 * 256) == (2, 256)
+    # One head too big: queries in blocks, the largest divisor of L that fits.
+    assert attention.block_sizes(32, 8, 1024) == (1, 16)  # 32 x 16 x 1024 = 2**19
+    assert attention.block_sizes(5, 2, 1000, cache_elements=5 * 1000 * 7) == (1, 5)
+    assert attention.block_sizes(64, 1, 4096, cache_elements=10) == (1, 1)
+
+
+@pytest.mark.parametrize("shape,cache", [((2, 64, 4, 8), 2 * 64 * 16), ((3, 49, 2, 16), 3 * 49)])
+def test_query_blocks_match_xla_values_and_gradients(shape, cache):
+    """Caches too small for one head's logits: queries in blocks, dk and dv summed over them."""
+    q, k, v = _qkv(*shape)
+    per_group, per_block = attention.block_sizes(shape[0], shape[2], shape[1],
+                                                 cache_elements=cache)
+    assert per_group == 1 and per_block < shape[1]
+    blocked = lambda q, k, v: attention.grouped_attention(q, k, v, cache_elements=cache)
+    np.testing.assert_allclose(blocked(q, k, v), jax.nn.dot_product_attention(q, k, v),
+                               atol=2e-6, rtol=1e-5)
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
+
+    grads = jax.grad(loss(jax.nn.dot_product_attention), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(grads, jax.grad(loss(blocked), argnums=(0, 1, 2))(q, k, v), strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-4)
+
+
+def test_bfloat16_gradients():
+    q, k, v = _qkv(2, 64, 4, 8, jnp.bfloat16)
+
+    def grads(fn, *args):
+        return jax.grad(lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v).astype(jnp.float32))),
+                        argnums=(0, 1, 2))(*args)
+
+    ref = grads(jax.nn.dot_product_attention, *(x.astype(jnp.float32) for x in (q, k, v)))
+    small = lambda q, k, v: attention.grouped_attention(q, k, v, cache_elements=2 * 64 * 16)
+    for a, b in zip(ref, grads(small, q, k, v), strict=True):
+        assert b.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(b, np.float32), a, atol=3e-2, rtol=3e-2)
+
+
+SHARDED = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from jaxdiff import attention, train
+mesh = train.make_mesh()
+assert mesh.size == 4
+keys = jax.random.split(jax.random.key(0), 3)
+q, k, v = [jax.random.normal(key, (8, 256, 4, 16)) for key in keys]
+sharded = [jax.device_put(x, NamedSharding(mesh, P("data"))) for x in (q, k, v)]
+loss = lambda q, k, v: jnp.sum(jnp.sin(attention.grouped_attention(q, k, v)))
+for fn in (jax.jit(attention.grouped_attention), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))):
+    hlo = fn.lower(*sharded).compile().as_text()
+    assert "all-gather" not in hlo and "all-to-all" not in hlo, hlo
+    for a, b in zip(jax.tree.leaves(fn(*sharded)), jax.tree.leaves(fn(q, k, v)), strict=True):
+        assert a.sharding.spec[0] == "data", a.sharding  # each device keeps its quarter
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+print("ok")
+"""
+
+
+def test_batch_sharded_over_devices_is_never_gathered():
+    """Forward and gradient on a batch split over 4 devices compile without any all-gather
+    and equal the one-device values."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=pathlib.Path(__file__).parents[1])
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
 def test_dispatch_and_bad_name():

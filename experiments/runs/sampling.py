@@ -193,9 +193,14 @@ def sample(
     images, trajectory = jax.block_until_ready(compiled(params, key, cond, guide_params))
     seconds = time.perf_counter() - start
     other = make(compare, 0)(params, key, cond, guide_params)[0] if compare else None
+    # The base model from the same key and labels, beside the ControlNet's samples: drawn by
+    # every process, like the samples (the sampler is collective over the global mesh).
+    base = None
+    if controlnet.enabled(config) and hints_from_data is not None:
+        base = make(o.sampler, 0, net=model.unet)(model.base_params, key, cond.get("label"))[0]
     if jax.process_count() > 1:  # every process sampled its rows; process 0 writes them all
-        images, trajectory, other = multihost_utils.process_allgather(
-            (images, trajectory, other), tiled=True
+        images, trajectory, other, base = multihost_utils.process_allgather(
+            (images, trajectory, other, base), tiled=True
         )
         if not distributed.is_main_process():
             return {"images": viz.to_uint8(np.asarray(images)), "seconds": seconds}
@@ -206,11 +211,10 @@ def sample(
     result = write_outputs(out_dir, config, images=np.asarray(images),
                            trajectory=np.asarray(trajectory), cond=cond, ncol=ncol, scale=scale)
     result["seconds"] = seconds
-    if controlnet.enabled(config) and hints_from_data is not None:
+    if base is not None:
         report = write_hint_report(
-            out_dir, config, model, images=np.asarray(images), hint_maps=np.asarray(cond["hint"]),
-            base_sample=lambda: make(o.sampler, 0, net=model.unet)(
-                model.base_params, key, cond.get("label"))[0],
+            out_dir, config, images=np.asarray(images), hint_maps=np.asarray(cond["hint"]),
+            base_images=np.asarray(base),
         )
         if report is not None:
             result["report"] = report
@@ -257,18 +261,18 @@ def write_outputs(out_dir: pathlib.Path, config: ml_collections.ConfigDict, *,
     return result
 
 
-def write_hint_report(out_dir: pathlib.Path, config: ml_collections.ConfigDict, model: Any, *,
-                      images: np.ndarray, hint_maps: np.ndarray, base_sample) -> Any:
+def write_hint_report(out_dir: pathlib.Path, config: ml_collections.ConfigDict, *,
+                      images: np.ndarray, hint_maps: np.ndarray, base_images: np.ndarray) -> Any:
     """A ControlNet run sampled from held-out hints: ``hint_report.json``, the agreement of
-    the samples' hints with the hints given next to the base model's (``base_sample()``:
-    the same key and labels); None for depth hints, which cannot be recomputed here."""
+    the samples' hints with the hints given next to the base model's (``base_images``: the
+    same key and labels); None for depth hints, which cannot be recomputed here."""
     if config.controlnet.hint == "depth":
         print("depth hints: no agreement score (no depth estimator runs here to read a "
               "sample's depth); see grid.png")
         return None
     return controlnet.write_agreement_report(
         out_dir / "hint_report.json", config, images=images,
-        base_images=np.asarray(base_sample()), hint_maps=hint_maps,
+        base_images=base_images, hint_maps=hint_maps,
     )
 
 
