@@ -67,8 +67,15 @@ def to_gray_uint8(images: Any) -> np.ndarray:
 
 
 def _gray_int_jax(images: jax.Array) -> jax.Array:
-    """The JAX twin of ``to_gray_uint8`` for float images in [-1, 1]: (N, H, W) int32."""
-    x = jnp.round((jnp.clip(images.astype(jnp.float32), -1, 1) + 1) * 127.5).astype(jnp.int32)
+    """The JAX twin of ``to_gray_uint8``: (N, H, W, C) uint8 in [0, 255] or float in
+    [-1, 1] -> (N, H, W) int32 grey."""
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"hints want NHWC images with 1 or 3 channels, got shape {images.shape}")
+    if images.dtype == jnp.uint8:
+        x = images.astype(jnp.int32)
+    else:
+        x = jnp.round((jnp.clip(images.astype(jnp.float32), -1, 1) + 1) * 127.5)
+        x = x.astype(jnp.int32)
     if x.shape[-1] == 1:
         return x[..., 0]
     w = jnp.asarray(_GRAY_WEIGHTS, jnp.int32)
@@ -85,7 +92,15 @@ def _as_map(maps: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- Canny
 
 
+def _check_blur(blur_ksize: int) -> None:
+    """OpenCV's Gaussian kernels have an odd size (a centre pixel); 0 means no blur."""
+    if blur_ksize < 0 or (blur_ksize and blur_ksize % 2 == 0):
+        raise ValueError(f"blur_ksize must be 0 (no blur) or an odd size such as 3 or 5, "
+                         f"got {blur_ksize}")
+
+
 def _blur_cv2(gray: np.ndarray, blur_ksize: int, blur_sigma: float) -> np.ndarray:
+    _check_blur(blur_ksize)
     if not blur_ksize:
         return gray
     return cv2.GaussianBlur(gray, (blur_ksize, blur_ksize), blur_sigma)
@@ -153,9 +168,10 @@ def canny_jax(
     blur_ksize: int = 0,
     blur_sigma: float = 0.0,
 ) -> jax.Array:
-    """Pure-JAX Canny edges of float images (N, H, W, C) in [-1, 1] -> (N, H, W, 1) float32
-    in {0, 1}; the same algorithm, conventions and arguments as ``canny`` (see the module
+    """Pure-JAX Canny edges of images (N, H, W, C), uint8 in [0, 255] or float in [-1, 1],
+    -> (N, H, W, 1) float32 in {0, 1}; the same algorithm, conventions and arguments as ``canny`` (see the module
     docstring). jit-able (the options are static Python values) and vmap-able."""
+    _check_blur(blur_ksize)
     gray = _gray_int_jax(jnp.asarray(images))
     if blur_ksize:
         gray = _gaussian_blur_jax(gray, blur_ksize, blur_sigma)

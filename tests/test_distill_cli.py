@@ -5,6 +5,7 @@ own step count only. The runs are marked slow (a teacher, two rounds, and a resu
 import importlib
 import json
 import shutil
+import types
 
 import jax
 import numpy as np
@@ -12,7 +13,15 @@ import pytest
 from test_cli import tiny_config
 
 from configs import digits_distill
-from experiments.runs import distillation, kinds, restore, sampling, train_loop, validation
+from experiments.runs import (
+    builders,
+    distillation,
+    kinds,
+    restore,
+    sampling,
+    train_loop,
+    validation,
+)
 from experiments.runtime import errors
 from jaxdiff import checkpoint
 
@@ -117,3 +126,51 @@ def test_teacher_configs_have_nesting_grids(name):
     validation.validate_config(config, num_devices=1)
     assert config.diffusion.prediction == "v" and config.diffusion.schedule == "cosine"
     assert distillation.round_steps(128, config.diffusion.num_timesteps) == [64, 32, 16, 8, 4, 2, 1]
+
+
+def rounds_seen(monkeypatch, tmp_path, *, prediction="v", guidance_scale=2.0):
+    """Runs ``distill`` with the training replaced by a recorder: what each round's loss,
+    teacher and student were built from. The teacher's raw and EMA params are told apart by
+    their values, and round k's "trained" EMA is the teacher's EMA + k."""
+    teacher_config = tiny_config()
+    teacher_config.diffusion.update(prediction=prediction, num_timesteps=16)
+    model = kinds.build_model(teacher_config)
+    optimizer = kinds.kind_of(teacher_config).build_optimizer(teacher_config)
+    ema = builders.init_state(teacher_config, model, optimizer, jax.random.key(0)).params
+    raw = jax.tree.map(lambda x: x - 100.0, ema)
+    seen = {"loss": [], "teacher": [], "init": []}
+    monkeypatch.setattr(restore, "load_run_config", lambda workdir: teacher_config)
+    monkeypatch.setattr(restore, "restore_for_sampling", lambda c, w, m: (raw, ema, 7))
+    monkeypatch.setattr(distillation, "denoise_fn",
+                        lambda model, params: seen["teacher"].append(params) or (lambda *a: a[0]))
+    monkeypatch.setattr(distillation.distillation, "make_progressive_distillation_loss",
+                        lambda *a, **kw: seen["loss"].append(kw) or (lambda *a: 0.0))
+
+    def train(config, workdir, *, kind, desc):
+        seen["init"].append(kind.init_params)
+        return types.SimpleNamespace(opt_state=len(seen["init"]))  # the round's number
+
+    monkeypatch.setattr(distillation.train_loop, "train_and_evaluate", train)
+    monkeypatch.setattr(distillation.optim, "ema_params",
+                        lambda k: jax.tree.map(lambda x: x + k, ema))
+    config = tiny_distill_config(tmp_path / "teacher")
+    config.distill.guidance_scale = guidance_scale
+    distillation.distill(config, str(tmp_path / "distilled"))
+    return ema, seen
+
+
+def test_each_round_starts_from_the_previous_students_ema_and_only_the_first_is_guided(
+    monkeypatch, tmp_path
+):
+    ema, seen = rounds_seen(monkeypatch, tmp_path)
+    assert [kw["num_student_steps"] for kw in seen["loss"]] == [2, 1]
+    assert [kw["teacher_guidance_scale"] for kw in seen["loss"]] == [2.0, 0.0]
+    # Round 1: the teacher's EMA params teach and initialise; round 2: round 1's student EMA.
+    for k, want in enumerate([ema, jax.tree.map(lambda x: x + 1, ema)]):
+        jax.tree.map(np.testing.assert_array_equal, seen["teacher"][k], want)
+        jax.tree.map(np.testing.assert_array_equal, seen["init"][k], want)
+
+
+def test_an_eps_prediction_teacher_is_refused(monkeypatch, tmp_path):
+    with pytest.raises(errors.ConfigError, match="predicts eps.*Salimans & Ho"):
+        rounds_seen(monkeypatch, tmp_path, prediction="eps")

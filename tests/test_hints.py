@@ -185,3 +185,23 @@ def test_scenes_depth_is_the_analytic_surface():
     np.testing.assert_allclose(normal[:, 1], [0.6, 0, -0.8], atol=1e-6)
     again = scenes.load_scenes(3, seed=5).hints
     np.testing.assert_array_equal(scenes.load_scenes(3, seed=5).hints, again)
+
+
+def test_jax_canny_takes_uint8_as_the_opencv_canny_does(mnist_dir):
+    """uint8 input is read in [0, 255] (not clipped into [-1, 1] as if it were float)."""
+    images = sources.load_idx(mnist_dir, split="test").images[:64]
+    reference = hints.canny(images)
+    assert reference.sum() > 0
+    np.testing.assert_array_equal(np.asarray(hints.canny_jax(images)), reference)
+    colour = np.concatenate([images, 255 - images, images // 2], axis=-1)
+    np.testing.assert_array_equal(np.asarray(hints.canny_jax(colour)), hints.canny(colour))
+
+
+@pytest.mark.parametrize("canny", [hints.canny, hints.canny_jax])
+def test_even_or_negative_blur_sizes_are_refused(canny):
+    images = _shapes(2)
+    for size in (2, 4, -3):
+        with pytest.raises(ValueError, match="odd size"):
+            canny(images, blur_ksize=size)
+    with pytest.raises(ValueError, match="NHWC"):
+        canny(images[0])

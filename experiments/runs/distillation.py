@@ -63,6 +63,14 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, A
             "python -m experiments.train --config configs/digits_v.py --workdir runs/digits_v)"
         )
     teacher_config = restore.load_run_config(d.teacher_workdir)
+    prediction = teacher_config.diffusion.prediction
+    if prediction == "eps":
+        raise ConfigError(
+            f"{d.teacher_workdir} predicts eps, and a student inherits its teacher's "
+            "prediction: eps-parameterised students fail at low signal-to-noise ratios "
+            "(Salimans & Ho 2022, sec. 4). Distil a v- or x0-prediction teacher (e.g. "
+            "configs/digits_v.py, diffusion.prediction='v')"
+        )
     model = kinds.build_model(teacher_config)
     schedule = builders.build_schedule(teacher_config)
     steps = round_steps(d.start_steps, schedule.num_timesteps)
@@ -91,8 +99,8 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, A
             denoise_fn(model, teacher_params),
             schedule,
             num_student_steps=n,
-            prediction=teacher_config.diffusion.prediction,
-            teacher_prediction=teacher_config.diffusion.prediction,
+            prediction=prediction,
+            teacher_prediction=prediction,
             # Only the first teacher is guided: later ones learnt the guided output.
             teacher_guidance_scale=guidance_scale if n == steps[0] else 0.0,
             num_classes=num_classes,
