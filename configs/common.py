@@ -77,7 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample = dict(
         sampler="ddim",  # "ddpm" | "ddpm_no_noise" | "ddim" | "dpm_solver_pp" | "corruption"
         steps=50,  # ddim / dpm_solver_pp / corruption steps; ddpm walks all num_timesteps
-        spacing=config_dict.placeholder(str),  # "linspace" | "trailing"; None: the sampler's
+        # "linspace" | "trailing" | "leading" (samplers.timestep_grid); None: the sampler's
+        spacing=config_dict.placeholder(str),
         eta=0.0,
         guidance_scale=0.0,  # CFG w: out = (1 + w) cond - w uncond; 0 = plain conditional
         num=8,  # images per class row (conditional models) or in total (unconditional)

@@ -66,8 +66,9 @@ def define_flags() -> None:
     define(s, "cache_dir", None, "Feature-classifier cache (default "
            "<workdir>/feature_classifier).")
     define(b, "use_ema", True, "Sample with the EMA params.")
-    define(flags.DEFINE_enum, "spacing", None, ["linspace", "trailing"], "Timestep grid of ddim "
-           "and dpm_solver_pp (default: config.sample.spacing, else each sampler's own).")
+    define(flags.DEFINE_enum, "spacing", None, ["linspace", "trailing", "leading"],
+           "Timestep grid of ddim and dpm_solver_pp (default: config.sample.spacing, else each "
+           "sampler's own).")
     define(s, "classifier_workdir", None,
            "A noise-conditioned classifier run that guides the samples.")
     define(listed, "classifier_scales", ["0"],

@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import save_file
 from test_unet import random_params
 
-from jaxdiff import pretrained, schedules
+from jaxdiff import pretrained, samplers, schedules
 from jaxdiff.models.unet import UNet
 
 # Two levels (8x8, 4x4) with attention at 4x4, the diffusers spelling.
@@ -213,3 +213,39 @@ def test_pipeline_folder_round_trip(tmp_path):
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     np.testing.assert_allclose(pipe.scheduler.alphas_cumprod.numpy(), loaded.schedule.alpha_bars,
                                rtol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("rescale_betas_zero_snr", True), ("clip_sample_range", 2.0), ("thresholding", True),
+     ("steps_offset", 1), ("timestep_spacing", "karras"), ("prediction_type", "flow"),
+     ("variance_type", "learned")],
+)
+def test_scheduler_settings_jaxdiff_does_not_compute_are_refused_by_name(field, value):
+    base = pretrained.scheduler_config(schedule="linear", num_timesteps=50, prediction="eps")
+    with pytest.raises(pretrained.UnsupportedConfigError, match=field):
+        pretrained.sampling_settings({**base, field: value})
+    # Values that change nothing are accepted: the default range, an unclipped range.
+    assert pretrained.sampling_settings({**base, "clip_sample_range": 1.0})["clip_x0"]
+    assert not pretrained.sampling_settings(
+        {**base, "clip_sample": False, "clip_sample_range": 5.0})["clip_x0"]
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace", None])
+def test_timestep_spacing_is_honoured_as_diffusers_ddim_walks_it(spacing, tmp_path):
+    """A pipeline folder's ``timestep_spacing`` (diffusers' default "leading" when absent)
+    becomes the strided samplers' grid, visiting the timesteps DDIMScheduler visits."""
+    unet = UNet(**pretrained.unet_kwargs({**SMALL, "num_class_embeds": None})[0])
+    sched = pretrained.scheduler_config(schedule="linear", num_timesteps=1000, prediction="eps")
+    if spacing is not None:
+        sched["timestep_spacing"] = spacing
+    pretrained.save_diffusers_pipeline(unet, random_params(_expected(unet, 2)), tmp_path / "p",
+                                       scheduler_config=sched, sample_size=8)
+    loaded = pretrained.load_diffusers_pipeline(tmp_path / "p")
+    assert loaded.spacing == (spacing or "leading")
+    ts, _ = samplers.timestep_grid(1000, 30, loaded.spacing)
+    pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    ddim = diffusers.DDIMScheduler(**{k: v for k, v in sched.items() if k != "variance_type"})
+    ddim.set_timesteps(30)
+    np.testing.assert_array_equal(ts, ddim.timesteps.numpy())

@@ -73,17 +73,15 @@ def pipeline_fields(path: str) -> dict[str, Any]:
             raise ConfigError(
                 f"{scheduler_file}: beta_schedule {kind!r} has no jaxdiff config name"
             )
+        settings = pretrained.sampling_settings(scheduler)
         fields["diffusion"] = {
             "schedule": kinds[kind],
             "num_timesteps": int(scheduler.get("num_train_timesteps", 1000)),
             "beta_start": float(scheduler.get("beta_start", 1e-4)),
             "beta_end": float(scheduler.get("beta_end", 0.02)),
-            "prediction": pretrained.PREDICTIONS[scheduler.get("prediction_type", "epsilon")],
+            "prediction": settings["prediction"],
         }
-        fields["sample"] = {
-            "clip_x0": bool(scheduler.get("clip_sample", True)),
-            "variance": pretrained.VARIANCES[scheduler.get("variance_type", "fixed_small")],
-        }
+        fields["sample"] = {k: settings[k] for k in ("clip_x0", "variance", "spacing")}
     return fields
 
 

@@ -8,6 +8,7 @@ import ml_collections
 from experiments.runs import classifier
 from experiments.runtime.errors import ConfigError
 from jaxdiff import models, schedules
+from jaxdiff.samplers import grids
 
 SCHEDULES = ("linear", "cosine", "scaled_linear")
 LOSSES = ("denoising", "corruption", "noisy_classifier")
@@ -79,8 +80,9 @@ def validate_sampling(
             f"{config.diffusion.num_timesteps}"
         )
     spacing = config.sample.get("spacing")
-    if spacing is not None and spacing not in ("linspace", "trailing"):
-        raise ConfigError(f"sample.spacing must be 'linspace' or 'trailing', got {spacing!r}")
+    if spacing is not None and spacing not in grids.SPACINGS:
+        raise ConfigError(f"sample.spacing must be one of {', '.join(grids.SPACINGS)}, got "
+                          f"{spacing!r}")
     if eta < 0:
         raise ConfigError(f"eta must be >= 0, got {eta}")
     if guidance_scale < 0:

@@ -65,6 +65,50 @@ def scheduler_config(
     }
 
 
+def sampling_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """How a diffusers scheduler config samples, in jaxdiff's terms: {'prediction',
+    'clip_x0', 'variance', 'spacing'}. Each setting jaxdiff does not compute is refused by
+    name (UnsupportedConfigError) rather than dropped, so a folder never samples differently
+    from its diffusers pipeline without a word."""
+    kind = config.get("prediction_type", "epsilon")
+    if kind not in PREDICTIONS:
+        raise UnsupportedConfigError(f"prediction_type {kind!r} is not one of {sorted(PREDICTIONS)}")
+    variance = config.get("variance_type", "fixed_small")
+    if variance not in VARIANCES:
+        raise UnsupportedConfigError(
+            f"variance_type {variance!r} is not supported ({sorted(VARIANCES)}); learned "
+            "variances need a model with 2C outputs"
+        )
+    if config.get("thresholding", False):  # sample_max_value is read only with it
+        raise UnsupportedConfigError(
+            "scheduler thresholding=True (dynamic thresholding with sample_max_value) is not "
+            "supported"
+        )
+    if config.get("rescale_betas_zero_snr", False):
+        raise UnsupportedConfigError(
+            "scheduler rescale_betas_zero_snr=True (zero terminal SNR, Lin et al. 2024) is not "
+            "supported"
+        )
+    clip = bool(config.get("clip_sample", True))
+    if clip and float(config.get("clip_sample_range", 1.0)) != 1.0:
+        raise UnsupportedConfigError(
+            f"scheduler clip_sample_range={config['clip_sample_range']} is not supported: "
+            "jaxdiff clips x0 to [-1, 1] (clip_sample_range=1.0)"
+        )
+    spacing = config.get("timestep_spacing", "leading")  # diffusers' default
+    if spacing not in ("linspace", "trailing", "leading"):
+        raise UnsupportedConfigError(
+            f"scheduler timestep_spacing {spacing!r} is not one of linspace, leading, trailing"
+        )
+    if int(config.get("steps_offset", 0)) != 0:
+        raise UnsupportedConfigError(
+            f"scheduler steps_offset={config['steps_offset']} is not supported (it shifts "
+            "diffusers' leading grid); jaxdiff's grids take steps_offset=0"
+        )
+    return {"prediction": PREDICTIONS[kind], "clip_x0": clip, "variance": VARIANCES[variance],
+            "spacing": spacing}
+
+
 @dataclasses.dataclass(frozen=True)
 class Pretrained:
     """A pipeline folder read into jaxdiff terms.
@@ -72,7 +116,8 @@ class Pretrained:
     model, params: the UNet and its parameters. schedule: the forward process.
     prediction: "eps" | "x0" | "v". clip_sample: clip x0 to [-1, 1] while sampling.
     variance: DDPM's sampling variance, "posterior" (beta tilde, fixed_small) or "beta"
-    (fixed_large). image_size, channels: the images the UNet was trained on.
+    (fixed_large). spacing: the strided samplers' timestep grid (``timestep_spacing``, see
+    ``samplers.timestep_grid``). image_size, channels: the images the UNet was trained on.
     scheduler_config: the raw scheduler config.
     """
 
@@ -82,6 +127,7 @@ class Pretrained:
     prediction: str
     clip_sample: bool
     variance: str
+    spacing: str
     image_size: int | None
     channels: int
     scheduler_config: dict
@@ -99,19 +145,7 @@ def load_diffusers_pipeline(path: str | pathlib.Path) -> Pretrained:
     model, params = load_diffusers_unet(folder / "unet")
     unet_config = load_json(folder / "unet" / CONFIG_NAME)
     scheduler = load_json(folder / "scheduler" / "scheduler_config.json")
-    kind = scheduler.get("prediction_type", "epsilon")
-    if kind not in PREDICTIONS:
-        raise UnsupportedConfigError(
-            f"prediction_type {kind!r} is not one of {sorted(PREDICTIONS)}"
-        )
-    variance = scheduler.get("variance_type", "fixed_small")
-    if variance not in VARIANCES:
-        raise UnsupportedConfigError(
-            f"variance_type {variance!r} is not supported ({sorted(VARIANCES)}); learned "
-            "variances need a model with 2C outputs"
-        )
-    if scheduler.get("thresholding", False):
-        raise UnsupportedConfigError("scheduler thresholding=True is not supported")
+    settings = sampling_settings(scheduler)
     sample_size = unet_config.get("sample_size")
     if isinstance(sample_size, (list, tuple)):
         sample_size = sample_size[0]
@@ -119,9 +153,10 @@ def load_diffusers_pipeline(path: str | pathlib.Path) -> Pretrained:
         model=model,
         params=params,
         schedule=schedule_from_scheduler_config(scheduler),
-        prediction=PREDICTIONS[kind],
-        clip_sample=bool(scheduler.get("clip_sample", True)),
-        variance=VARIANCES[variance],
+        prediction=settings["prediction"],
+        clip_sample=settings["clip_x0"],
+        variance=settings["variance"],
+        spacing=settings["spacing"],
         image_size=None if sample_size is None else int(sample_size),
         channels=int(unet_config.get("in_channels", 3)),
         scheduler_config=scheduler,
