@@ -145,3 +145,22 @@ def test_offline_tfds_configs_name_the_alternatives(tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
     assert "could not be downloaded" in err and "--config.data.source=idx" in err
+
+
+def test_library_value_errors_keep_their_traceback_and_own_ones_are_one_line(capsys):
+    """A ValueError raised by jaxdiff's own code is the user's mistake (one line, exit 2);
+    one raised inside a library (here numpy, as a bug would) keeps its traceback."""
+    import numpy as np
+
+    from experiments.runtime import errors
+    from jaxdiff.samplers import grids
+
+    with pytest.raises(SystemExit) as info, errors.exit_on_user_error():
+        grids.timestep_grid(10, 20)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: num_steps must be between 1")
+    with pytest.raises(ValueError, match="cannot reshape"), errors.exit_on_user_error():
+        np.zeros(3).reshape(2, 2)
+    with pytest.raises(SystemExit), errors.exit_on_user_error():
+        open("/nonexistent/file")
+    assert "No such file" in capsys.readouterr().err

@@ -5,6 +5,8 @@ workdir that does not fit the config, an unknown flag) ends the program with
 from __future__ import annotations
 
 import contextlib
+import os
+import pathlib
 import re
 import sys
 from collections.abc import Iterator
@@ -17,16 +19,39 @@ class ConfigError(ValueError):
     """A config field has a value the run cannot use; the message says which and why."""
 
 
+# Where jaxdiff's own code lives: a ValueError raised there is about the user's input.
+_OWN_CODE = tuple(
+    str(pathlib.Path(__file__).resolve().parents[2] / package) + os.sep
+    for package in ("jaxdiff", "experiments", "configs")
+)
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Whether ``error`` is a mistake the user can fix: an OSError (a missing or unreadable
+    file, a full disk, a config file that fails to load: config_flags loads it lazily), or a
+    ValueError raised by jaxdiff's own code, which raises ValueError only for inputs the
+    user chose (ConfigError, CheckpointMismatchError, ...; docs/architecture.md). A
+    ValueError raised inside a library (jax, flax, numpy) is a bug, not the user's."""
+    if isinstance(error, OSError):
+        return True
+    if not isinstance(error, ValueError):
+        return False
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is None or tb.tb_frame.f_code.co_filename.startswith(_OWN_CODE)
+
+
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """Turns the errors a user can fix (bad config, missing files, a workdir that does not
-    fit the config) into ``error: <message>`` on stderr and exit status 2."""
+    fit the config; ``is_user_error``) into ``error: <message>`` on stderr and exit status 2.
+    Anything else is a bug and keeps its traceback."""
     try:
         yield
     except (ValueError, OSError) as e:
-        # ValueError covers ConfigError and CheckpointMismatchError; the library raises
-        # ValueError/FileNotFoundError only for inputs the user chose (CONTRACTS.md). OSError
-        # also covers a config file that fails to load (config_flags loads it lazily).
+        if not is_user_error(e):
+            raise
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)
 
