@@ -59,7 +59,9 @@ def main(argv: list[str]) -> None:
             if e.errno != errno.ENOSPC:
                 raise
             if not isinstance(e, checkpoint.CheckpointSaveError):  # logs, TensorBoard
-                newest = checkpoint.make_manager(workdir, read_only=True).latest_step()
+                manager = checkpoint.make_manager(workdir, read_only=True)
+                newest = manager.latest_step()
+                manager.close()
                 e = checkpoint.disk_full_error(f"writing {e.filename or workdir}", newest=newest)
             print(f"error: {e}", file=sys.stderr, flush=True)
             # Orbax's background threads would print their own failures while Python exits.

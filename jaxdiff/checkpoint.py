@@ -41,6 +41,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxdiff import distributed, held_output, integrity
 
 STATE, DATA, CONFIG = "state", "data", "config"
+# A leaf of ``restore``'s ``state`` left on disk (orbax's placeholder): it comes back as SKIP.
+SKIP = ocp.PLACEHOLDER
 
 
 class CheckpointMismatchError(ValueError):
@@ -80,7 +82,8 @@ def make_manager(
     # Handlers named up front: a fresh manager (a resumed run, sample.py) can then read an
     # item's metadata before anything was saved in this process.
     handlers = {
-        STATE: ocp.StandardCheckpointHandler(),
+        # The PyTree handler (what the Standard one wraps, same files) restores a subset.
+        STATE: ocp.PyTreeCheckpointHandler(),
         DATA: grain.checkpoint.CheckpointHandler(),
         CONFIG: ocp.JsonCheckpointHandler(),
     }
@@ -108,7 +111,7 @@ def save(
     The save is asynchronous unless ``wait``; the iterator state is read now, so the caller
     may keep drawing batches while the arrays are written.
     """
-    items = {STATE: ocp.args.StandardSave(state), CONFIG: ocp.args.JsonSave(config_to_dict(config))}
+    items = {STATE: ocp.args.PyTreeSave(state), CONFIG: ocp.args.JsonSave(config_to_dict(config))}
     if data_iterator is not None:
         items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     try:
@@ -213,6 +216,7 @@ def restore(
       state: a TrainState, or its ``jax.eval_shape``; gives the tree structure, shapes and
         dtypes to restore into, and the shardings where its leaves have them (else the
         arrays are replicated over ``jax.devices()``), whatever the mesh that saved it.
+        Leaves that are ``SKIP`` are not read (they must exist in the checkpoint).
       config: the current config; compared with the saved one to explain a mismatch.
       data_iterator: a grain iterator whose position is set to the saved one (in place).
       set_aside_damaged: move damaged steps to ``<workdir>/damaged_checkpoints/`` (a
@@ -235,7 +239,8 @@ def restore(
         problem = integrity.verify(step_dir(manager, candidate))
         # Every process checks the shared files; process 0's verdict keeps them in step.
         if not distributed.agree(problem is not None):
-            items = {STATE: ocp.args.StandardRestore(abstract)}
+            restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+            items = {STATE: ocp.args.PyTreeRestore(abstract, restore_args=restore_args)}
             if data_iterator is not None:
                 items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
             try:
@@ -268,6 +273,8 @@ def _restore_target():
     everywhere = NamedSharding(Mesh(jax.devices(), ("all",)), PartitionSpec())
 
     def target(x):
+        if x is SKIP:
+            return x
         sharding = getattr(x, "sharding", None)
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or everywhere)
 
@@ -300,6 +307,7 @@ def check_fits(
     """
     saved = ocp.tree.to_flat_dict(manager.item_metadata(step)[STATE])
     wanted = ocp.tree.to_flat_dict(jax.tree.map(_stored_shape, state))
+    skipped = {k for k, v in wanted.items() if v is SKIP}
     problems = []
     # Params first: they name the layers a person recognises; optimizer slots repeat them.
     for key in sorted(set(saved) | set(wanted), key=lambda k: (k[0] != "params", str(k))):
@@ -308,7 +316,7 @@ def check_fits(
             problems.append(f"{name} is in the checkpoint but not in the model")
         elif key not in saved:
             problems.append(f"{name} is in the model but not in the checkpoint")
-        elif tuple(saved[key].shape) != tuple(wanted[key].shape):
+        elif key not in skipped and tuple(saved[key].shape) != tuple(wanted[key].shape):
             problems.append(
                 f"{name} has shape {tuple(saved[key].shape)} in the checkpoint, "
                 f"{tuple(wanted[key].shape)} in the model"
@@ -334,6 +342,8 @@ def check_fits(
 def _stored_shape(x: Any) -> jax.ShapeDtypeStruct:
     """The shape orbax stores for ``x``: a typed PRNG key is saved as its uint32 key data, so
     an abstract key (``jax.eval_shape``, shape ()) must compare as shape (2,)."""
+    if x is SKIP:
+        return x
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
         return jax.eval_shape(jax.random.key_data, x)
     return ocp.utils.to_shape_dtype_struct(x)

@@ -13,14 +13,15 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from configs import digits
-from experiments.runs import kinds, restore, sampling, train_loop
+from experiments.runs import builders, kinds, restore, sampling, train_loop
 from experiments.runtime import errors
-from jaxdiff import checkpoint
+from jaxdiff import checkpoint, optim
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -272,3 +273,25 @@ def test_digits_default_is_the_documented_run():
     config = digits.get_config()
     assert config.data.source == "digits" and config.sample.guidance_scale > 0
     assert config.model.num_classes == 10
+
+
+def test_sampling_reads_params_and_ema_only(trained, monkeypatch):
+    """restore_for_sampling leaves the optimizer's moments (2x the model) on disk and gets
+    the same params and EMA as a full restore."""
+    config = tiny_config()
+    model = kinds.build_model(config)
+    asked = []
+    real_restore = checkpoint.restore
+    monkeypatch.setattr(checkpoint, "restore", lambda manager, **kw: (
+        asked.append(kw["state"]) or real_restore(manager, **kw)))
+    params, ema, step = restore.restore_for_sampling(config, str(trained), model)
+    read = [x for x in jax.tree.leaves(asked[0]) if x is not checkpoint.SKIP]
+    assert len(read) == 2 * len(jax.tree.leaves(params)) and step == 6
+    monkeypatch.undo()
+    optimizer = builders.build_optimizer(config)
+    full = jax.eval_shape(lambda: builders.init_state(config, model, optimizer, jax.random.key(0)))
+    manager = checkpoint.make_manager(trained, read_only=True)
+    state, _ = checkpoint.restore(manager, state=full, config=config)
+    manager.close()
+    jax.tree.map(np.testing.assert_array_equal, (params, ema),
+                 (state.params, optim.ema_params(state.opt_state)))
