@@ -61,6 +61,15 @@ def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
     return pathlib.Path(workdir).absolute() / "checkpoints"
 
 
+def newest_step(workdir: str | pathlib.Path) -> int | None:
+    """The newest finished step directory under ``<workdir>/checkpoints`` (orbax renames a
+    step's temporary directory to its number once it is whole), read without starting a
+    manager; None when there is none. ``restore`` may still fall back to an older step."""
+    directory = checkpoint_dir(workdir)
+    steps = [int(d.name) for d in directory.glob("*") if d.name.isdigit() and d.is_dir()]
+    return max(steps, default=None)
+
+
 def make_manager(
     workdir: str | pathlib.Path, *, keep: int = 3, async_save: bool = True, read_only: bool = False
 ) -> ocp.CheckpointManager:

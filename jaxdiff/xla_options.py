@@ -26,18 +26,26 @@ XLA cannot yet write a program with oneDNN kernels to JAX's persistent compilati
 "Error writing persistent compilation cache entry ... thunk kind: onednn-fusion" at every
 compile. Importing this module filters that one warning (other cache errors still show).
 
-Other backends get no options. When the installed XLA does not know an option (they are
-experimental flags and may be renamed), ``compiler_options`` drops it, with a warning,
-rather than fail: the programs are only slower, never different.
+Other backends get no options. Before the first CPU compile, a child process compiles and
+runs a dot and a convolution with the options, once per CPU model, jaxlib version and
+option set (remembered in ``~/.cache/jaxdiff/xla_cpu_options.json``): an option the
+installed XLA does not know (they are experimental and may be renamed) is dropped with a
+warning, and options that crash the child (a kernel library's illegal instruction, which no
+``try`` catches) are all dropped with one warning line. The programs are only slower, never
+different. ``JAXDIFF_XLA_OPTIONS=default`` compiles with XLA's own options.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
+import pathlib
+import subprocess
+import sys
 import warnings
 
 import jax
-import jax.numpy as jnp
 
 # The cost of CPU_OPTIONS' oneDNN fusions, explained in the docstring: not the user's to fix.
 warnings.filterwarnings(
@@ -51,25 +59,112 @@ CPU_OPTIONS: dict[str, str | bool] = {
 }
 
 
-@functools.cache
-def _accepted(backend: str, name: str, value: str | bool) -> bool:
-    """Whether this XLA compiles a trivial program on ``backend`` with option name=value."""
+# Turns the options off: JAXDIFF_XLA_OPTIONS=default compiles with XLA's own.
+ENV = "JAXDIFF_XLA_OPTIONS"
+
+# Run in a child process: a dot and a convolution compiled and executed with each option
+# alone, then with every accepted one together; prints the accepted options as JSON. An
+# option that kills the process (an illegal instruction in a kernel library) kills only it.
+_PROBE = """
+import json, sys
+import jax, jax.numpy as jnp
+options = json.loads(sys.argv[1])
+x = jnp.ones((64, 64)); image = jnp.ones((2, 8, 8, 4)); kernel = jnp.ones((3, 3, 4, 4))
+
+def run(opts):
+    f = lambda a, b, k: jnp.tanh(a @ b).sum() + jax.lax.conv_general_dilated(
+        b[None, :8, :8, None].repeat(4, -1) * image, k, (1, 1), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()
+    jax.block_until_ready(jax.jit(f).lower(x, x, kernel).compile(compiler_options=opts)(
+        x, x, kernel))
+
+accepted = {}
+for name, value in options.items():
     try:
-        x = jax.device_put(jnp.zeros(2), jax.local_devices(backend=backend)[0])
-        jax.jit(lambda x: x + 1).lower(x).compile(compiler_options={name: value})
-    except Exception as error:  # noqa: BLE001  (XLA raises its own runtime error types)
-        warnings.warn(f"XLA does not take {name}={value} ({error}); compiling without it",
-                      stacklevel=3)
-        return False
-    return True
+        run({name: value})
+        accepted[name] = value
+    except Exception as error:
+        print(f"XLA does not take {name}={value} ({' '.join(str(error).split())[:200]})",
+              file=sys.stderr)
+run(accepted)
+print(json.dumps(accepted))
+"""
+
+
+def _machine() -> str:
+    """The CPU model and jaxlib version: what decides whether the options run."""
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model} | jaxlib {_jaxlib_version()}"
+
+
+def _jaxlib_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("jaxlib")
+    except metadata.PackageNotFoundError:
+        return jax.__version__
+
+
+def _cache_file() -> pathlib.Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(root) / "jaxdiff" / "xla_cpu_options.json"
+
+
+@functools.cache
+def _probed(options_json: str) -> dict[str, str | bool]:
+    """The options of ``options_json`` that this machine's XLA compiles and runs, from a
+    child process (``_PROBE``), remembered per CPU model, jaxlib version and option set."""
+    key = f"{_machine()} | {options_json}"
+    cache = _cache_file()
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE, options_json], env=env,
+                              capture_output=True, text=True, timeout=300)
+        accepted = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 \
+            else None
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        proc, accepted = None, None
+    if accepted is None:
+        how = "timed out" if proc is None else f"exit status {proc.returncode}"
+        warnings.warn(f"jaxdiff's XLA CPU options failed a test program ({how}); compiling "
+                      f"with XLA's defaults (set {ENV}=default to skip the test)", stacklevel=3)
+        accepted = {}
+    else:
+        for line in proc.stderr.splitlines():
+            if line.startswith("XLA does not take"):
+                warnings.warn(f"{line}; compiling without it", stacklevel=3)
+    known[key] = accepted
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known, indent=1))
+    except OSError:
+        pass  # a read-only home: probed again in the next process
+    return accepted
 
 
 def compiler_options(backend: str | None = None) -> dict[str, str | bool]:
-    """The options jaxdiff compiles with on ``backend`` (default: jax's default backend)."""
+    """The options jaxdiff compiles with on ``backend`` (default: jax's default backend):
+    on the CPU, those of ``CPU_OPTIONS`` a child process showed to compile and run on this
+    machine (``_probed``), none when ``JAXDIFF_XLA_OPTIONS=default``; elsewhere none."""
     backend = backend or jax.default_backend()
-    if backend != "cpu":
+    if backend != "cpu" or os.environ.get(ENV, "").lower() in ("default", "off", "0"):
         return {}
-    return {k: v for k, v in CPU_OPTIONS.items() if _accepted(backend, k, v)}
+    return dict(_probed(json.dumps(CPU_OPTIONS, sort_keys=True)))
 
 
 def resolve(options: dict[str, str | bool] | None) -> dict[str, str | bool]:

@@ -164,3 +164,53 @@ def test_library_value_errors_keep_their_traceback_and_own_ones_are_one_line(cap
     with pytest.raises(SystemExit), errors.exit_on_user_error():
         open("/nonexistent/file")
     assert "No such file" in capsys.readouterr().err
+
+
+def sprites_cli(tmp_path, images, labels):
+    """``python -m experiments.train --config configs/sprites.py`` on .npy files, as a new
+    user runs it: (exit status, whole stderr, whether the workdir was created)."""
+    np.save(tmp_path / "images.npy", images)
+    labels_path = tmp_path / "labels.npy"
+    if labels is not None:
+        np.save(labels_path, labels)
+    workdir = tmp_path / "run"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "--config=configs/sprites.py",
+         f"--workdir={workdir}", f"--config.data.images_path={tmp_path / 'images.npy'}",
+         f"--config.data.labels_path={labels_path}", "--config.train.steps=2"],
+        cwd=root, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    return proc.returncode, proc.stderr, workdir.exists()
+
+
+def sprite_images(n=16):
+    return np.random.default_rng(0).integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+
+
+BAD_SPRITES = {
+    "no labels file": (sprite_images(), None, "labels.npy"),
+    "inf pixels": (np.where(np.arange(16)[:, None, None, None] == 3, np.inf,
+                            sprite_images() / 255.0).astype(np.float32),
+                   np.zeros((16, 5), np.float32), "non-finite"),
+    "labels -100": (sprite_images(), np.full(16, -100), "labels outside"),
+    "float labels": (sprite_images(), np.arange(16) + 0.5, "not integers"),
+    "empty arrays": (np.zeros((0, 16, 16, 3), np.uint8), np.zeros((0, 5), np.float32),
+                     "no images"),
+}
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(name, marks=[] if name == "no labels file" else pytest.mark.slow)
+    for name in BAD_SPRITES
+])
+def test_a_bad_data_run_prints_one_line_and_leaves_no_workdir(tmp_path, case):
+    """The whole stderr is the one error line: the data are checked before the workdir, a
+    checkpoint manager or its threads exist."""
+    images, labels, expected = BAD_SPRITES[case]
+    status, stderr, made = sprites_cli(tmp_path, images, labels)
+    assert status == 2, stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], stderr
+    assert not made

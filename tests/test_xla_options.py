@@ -1,6 +1,7 @@
 """jaxdiff.xla_options: the CPU compile options are taken, dropped when unknown, and do not
 change what a program computes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -20,13 +21,48 @@ def test_cpu_gets_the_options_and_other_backends_none():
     assert xla_options.compiler_options("tpu") == {}
 
 
-def test_unknown_option_is_dropped_with_a_warning(monkeypatch):
+@pytest.fixture
+def fresh_probe(tmp_path, monkeypatch):
+    """The probe's memory in a temporary cache directory, nothing remembered in-process."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    xla_options._probed.cache_clear()
+    yield tmp_path / "jaxdiff" / "xla_cpu_options.json"
+    xla_options._probed.cache_clear()
+
+
+def test_unknown_option_is_dropped_with_a_warning(monkeypatch, fresh_probe):
     monkeypatch.setattr(
         xla_options, "CPU_OPTIONS",
-        {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NOT_A_TYPE"},
+        {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NOT_A_TYPE",
+         "xla_cpu_use_onednn": True},
     )
-    with pytest.warns(UserWarning, match="does not take"):
+    with pytest.warns(UserWarning, match="does not take xla_cpu_experimental_ynn"):
+        assert xla_options.compiler_options("cpu") == {"xla_cpu_use_onednn": True}
+
+
+def test_options_that_crash_the_probe_fall_back_to_xla_defaults(monkeypatch, fresh_probe):
+    """An illegal instruction in a kernel library kills the process that runs it: only the
+    child dies, and the parent compiles with XLA's defaults after one warning."""
+    monkeypatch.setattr(xla_options, "_PROBE",
+                        "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
+    with pytest.warns(UserWarning, match=r"failed a test program \(exit status -4\)") as seen:
         assert xla_options.compiler_options("cpu") == {}
+    assert len(seen) == 1
+
+
+def test_the_answer_is_remembered_per_machine_and_jaxlib(monkeypatch, fresh_probe):
+    assert xla_options.compiler_options("cpu") == xla_options.CPU_OPTIONS
+    remembered = json.loads(fresh_probe.read_text())
+    (key,) = remembered
+    assert xla_options._jaxlib_version() in key and remembered[key] == xla_options.CPU_OPTIONS
+    xla_options._probed.cache_clear()
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("probed again"))
+    assert xla_options.compiler_options("cpu") == xla_options.CPU_OPTIONS
+
+
+def test_environment_variable_turns_the_options_off(monkeypatch):
+    monkeypatch.setenv("JAXDIFF_XLA_OPTIONS", "default")
+    assert xla_options.compiler_options("cpu") == {}
 
 
 def test_same_numbers_as_xla_defaults():
