@@ -118,8 +118,9 @@ def inception_features(
         pad = batch_size - len(batch)
         if pad:
             batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)])
-        if batch_sharding is not None:
-            batch = jax.device_put(batch, batch_sharding)
+        if batch_sharding is not None:  # each process places its devices' rows
+            batch = jax.make_array_from_callback(batch.shape, batch_sharding,
+                                                 lambda index, b=batch: b[index])
         features = apply(params, prep(batch))
         out.append(np.asarray(jax.device_get(features))[: batch_size - pad])
         if progress is not None:
