@@ -6,6 +6,12 @@
         --guidance 0,3 --num 400
     python -m experiments.evaluate --workdir runs/digits_uncond --samplers ddim --steps 50 \
         --guidance 0 --classifier_workdir runs/digits_clf --classifier_scales 0,1,3,10
+    python -m experiments.evaluate --workdir runs/cifar10 --inception_weights \
+        pt_inception-2015-12-05-6726825d.pth --ref_stats cifar10_train.npz --num 50000
+
+With ``--inception_weights`` (or ``--fid inception``) the FID is pytorch-fid's, comparable
+with papers, with precision and recall: ``experiments.runs.inception_eval``, docs/fid.md.
+The rest of this page is the default classifier-feature evaluation.
 
 Loads the run's saved config and newest checkpoint (EMA params), trains a feature classifier
 (``jaxdiff.models.classifier``) on one part of the run's real images, or reloads it from the

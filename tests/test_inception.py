@@ -190,3 +190,15 @@ def test_features_on_a_4_device_mesh_equal_one_device():
     result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_benchmark_section_times_both_sides():
+    pytorch_fid_or_skip()
+    from experiments.bench.fid_inception import TORCH_VARIANT, bench_fid_inception
+
+    rows = bench_fid_inception(dict(fid_batch=2, image_size=32, repeats=1, warmup=0), {})
+    assert [r["variant"] for r in rows] == ["jaxdiff inception_features (jit)", TORCH_VARIANT]
+    ours, theirs = rows
+    assert ours["vs_reference"] == pytest.approx(theirs["median_s"] / ours["median_s"])
+    assert ours["images_per_s"] == pytest.approx(2 / ours["median_s"])

@@ -56,10 +56,10 @@ def import_pytorch_fid() -> tuple[Any, Any]:
 def random_fid_inception(seed: int = 0, *, calibration_size: int = 80) -> tuple[Any, dict]:
     """pytorch-fid's ``InceptionV3([3])`` with random weights (see the module docstring),
     in eval mode, and the state dict of its inner FID Inception-V3."""
+    pfi, _ = import_pytorch_fid()  # first: it makes torchvision importable
     import torch
     import torchvision.models.inception as tv_inception
 
-    pfi, _ = import_pytorch_fid()
     built = []
     original_build, original_url = pfi.fid_inception_v3, pfi.load_state_dict_from_url
     original_load = tv_inception.Inception3.load_state_dict
