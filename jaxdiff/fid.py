@@ -34,7 +34,7 @@ import scipy.linalg
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxdiff import inception
+from jaxdiff import inception, xla_options
 
 
 def to_pytorch_fid_input(images: jax.Array, *, quantize: bool) -> jax.Array:
@@ -73,9 +73,12 @@ def _compiled(mesh: Mesh | None, quantize: bool):
 
 @functools.cache
 def _network(batch: NamedSharding | None, replicated: NamedSharding | None):
+    """The network, compiled with jaxdiff's CPU options (``jaxdiff.xla_options``: on the
+    CPU they ran it about 2x faster than XLA's defaults, which hand its convolutions to
+    YNNPACK)."""
     net = inception.InceptionV3FID()
-    return jax.jit(lambda p, x: net.apply({"params": p}, x),
-                   in_shardings=(replicated, batch), out_shardings=replicated)
+    return xla_options.jit(lambda p, x: net.apply({"params": p}, x),
+                           in_shardings=(replicated, batch), out_shardings=replicated)
 
 
 def inception_features(
