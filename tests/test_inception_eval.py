@@ -108,18 +108,19 @@ def test_inception_fid_report(tiny_run, weights, tmp_path):
     assert mu.shape == (2048,) and sigma.shape == (2048, 2048)
 
 
-def test_cli_needs_weights_for_inception(tiny_run):
+def test_cli_needs_weights_for_inception(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.evaluate", "--workdir", str(tiny_run),
+        [sys.executable, "-m", "experiments.evaluate", "--workdir", str(tmp_path),
          "--fid", "inception"], cwd=ROOT, capture_output=True, text=True, timeout=120,
         env=dict(os.environ, PYTHONPATH=ROOT))
     assert result.returncode == 2, result.stderr[-2000:]
     assert "--fid inception needs --inception_weights" in result.stderr
 
 
-def test_cli_missing_weights_file(tiny_run, tmp_path):
+def test_cli_missing_weights_file(tmp_path):
+    # Checked first, before the run is read or anything sampled.
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.evaluate", "--workdir", str(tiny_run),
+        [sys.executable, "-m", "experiments.evaluate", "--workdir", str(tmp_path),
          "--inception_weights", str(tmp_path / "nope.pth")], cwd=ROOT, capture_output=True,
         text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
     assert result.returncode == 2, result.stderr[-2000:]

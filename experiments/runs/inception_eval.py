@@ -76,8 +76,8 @@ def save_reference_stats(workdir: str | pathlib.Path, path: str | pathlib.Path, 
                          feature_batch: int = 50) -> pathlib.Path:
     """Writes the Inception statistics of the run's real images (``config.data``, ``split``)
     to ``path`` (pytorch-fid's .npz) and returns it."""
-    config = restore.load_run_config(pathlib.Path(workdir))
     params = inception.load_pytorch_fid_weights(inception_weights)
+    config = restore.load_run_config(pathlib.Path(workdir))
     split = split or config.data.get("split") or "train"
     mu, sigma, _, n = real_reference(config, params, mesh=jd_train.make_mesh(), split=split,
                                      max_real=max_real, seed=seed, batch_size=feature_batch)
@@ -130,10 +130,10 @@ def evaluate_inception(
     ``recall`` (None against ``ref_stats``), ``sample_seconds``, ``feature_seconds``)."""
     if fid_seeds < 1:
         raise ValueError(f"--fid_seeds must be >= 1, got {fid_seeds}")
+    weights_path = pathlib.Path(inception_weights)
+    inception_params = inception.load_pytorch_fid_weights(weights_path)  # fail before sampling
     workdir = pathlib.Path(workdir)
     config = restore.load_run_config(workdir)
-    weights_path = pathlib.Path(inception_weights)
-    inception_params = inception.load_pytorch_fid_weights(weights_path)
     model = kinds.build_model(config)
     schedule = builders.build_schedule(config)
     num_classes, context_dim = builders.cond_spec(model)
