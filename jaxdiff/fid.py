@@ -39,9 +39,10 @@ from jaxdiff import inception, xla_options
 
 def to_pytorch_fid_input(images: jax.Array, *, quantize: bool) -> jax.Array:
     """(B, H, W, 1 or 3) in [-1, 1] -> (B, H, W, 3) in [0, 1] as pytorch-fid reads images:
-    with ``quantize``, rounded to the uint8 levels a PNG holds (``jaxdiff.viz.to_uint8``) and
-    divided by 255 (``ToTensor``); grey replicated to RGB (PIL's ``convert('RGB')``)."""
-    images = jnp.clip(images.astype(jnp.float32), -1.0, 1.0)
+    with ``quantize``, rounded to the uint8 levels a PNG holds (``jaxdiff.viz.to_uint8``: NaN
+    to black, clipped) and divided by 255 (``ToTensor``); grey replicated to RGB (PIL's
+    ``convert('RGB')``)."""
+    images = jnp.clip(jnp.nan_to_num(images.astype(jnp.float32), nan=-1.0), -1.0, 1.0)
     if quantize:
         x = jnp.round((images + 1.0) * 127.5) / 255.0
     else:
