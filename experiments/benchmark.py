@@ -4,13 +4,16 @@
     python -m experiments.benchmark --only train,dit --xla_options xla_cpu_use_onednn=false
     python -m experiments.benchmark --preset gpu --out bench_gpu.json
     python -m experiments.benchmark --preset gpu_smoke --peak_tflops 1 --out /tmp/smoke.json
+    python -m experiments.benchmark --only fid_inception --image_size 32 --fid_batch 50
 
 Sections (``--only``, comma list, run in the order given): ``train``, ``sample``, ``dit``,
 ``canny`` (the CPU set, ``experiments.bench.sections``), ``attention`` (one attention
 fwd+bwd, jax vs PyTorch, ``experiments.bench.attention``) and ``unet_dtypes``, ``dit_mfu``,
 ``ddim_sharded`` (the GPU set, ``experiments.bench.gpu``: UNet train fp32/bf16 vs PyTorch
 eager and ``torch.compile``, DiT-B/2 and DiT-XL/2 images/s and MFU, DDIM-50 as one sharded
-``lax.scan`` vs the diffusers scheduler loop, peak device memory of each).
+``lax.scan`` vs the diffusers scheduler loop, peak device memory of each); and, only when
+named, ``fid_inception`` (FID feature extraction, ``jaxdiff.fid`` vs pytorch-fid,
+``experiments.bench.fid_inception``; docs/fid.md).
 
 ``--preset`` sets the defaults of a named set (``experiments.bench.config.PRESETS``); flags
 given on the command line still win. ``gpu`` is the whole GPU set, sized for one H200 in
@@ -87,6 +90,7 @@ def define_flags() -> None:
     define(flags.DEFINE_bool, "xla_defaults", True, "Also time jax compiled with XLA's "
         "default options where jaxdiff sets its own (the CPU).")
     define(flags.DEFINE_integer, "canny_batch", 256, "Images per call of the canny section.")
+    define(flags.DEFINE_integer, "fid_batch", 50, "Images per call of the fid_inception section.")
     define(flags.DEFINE_string, "train_dtypes", "float32,bfloat16",
         "unet_dtypes: compute dtypes.")
     define(flags.DEFINE_string, "sample_dtypes", "float32", "ddim_sharded: compute dtypes.")

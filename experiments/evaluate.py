@@ -6,6 +6,12 @@
         --guidance 0,3 --num 400
     python -m experiments.evaluate --workdir runs/digits_uncond --samplers ddim --steps 50 \
         --guidance 0 --classifier_workdir runs/digits_clf --classifier_scales 0,1,3,10
+    python -m experiments.evaluate --workdir runs/cifar10 --inception_weights \
+        pt_inception-2015-12-05-6726825d.pth --ref_stats cifar10_train.npz --num 50000
+
+With ``--inception_weights`` (or ``--fid inception``) the FID is pytorch-fid's, comparable
+with papers, with precision and recall: ``experiments.runs.inception_eval``, docs/fid.md.
+The rest of this page is the default classifier-feature evaluation.
 
 Loads the run's saved config and newest checkpoint (EMA params), trains a feature classifier
 (``jaxdiff.models.classifier``) on one part of the run's real images, or reloads it from the
@@ -73,6 +79,16 @@ def define_flags() -> None:
            "A noise-conditioned classifier run that guides the samples.")
     define(listed, "classifier_scales", ["0"],
            "Classifier-guidance scales s (with --classifier_workdir).")
+    define(flags.DEFINE_enum, "fid", None, ["classifier", "inception"], "Feature space of the "
+           "FID: the run's own classifier, or pytorch-fid's Inception-V3 (docs/fid.md) "
+           "[inception with --inception_weights, else classifier].")
+    define(s, "inception_weights", None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth.")
+    define(s, "ref_stats", None, "Reference mu/sigma .npz (pytorch-fid's format) for "
+           "--fid inception [the run's real images].")
+    define(s, "save_ref_stats", None, "Write the Inception statistics of the run's real "
+           "images (up to --max_real) to this .npz and stop.")
+    define(i, "fid_seeds", 1, "Inception FID on K disjoint seed blocks: mean and std.")
+    define(i, "feature_batch", 50, "Images per Inception call.")
 
 
 def main(argv: list[str]) -> None:
@@ -92,6 +108,28 @@ def main(argv: list[str]) -> None:
                 "--steps takes integers, --guidance and --classifier_scales numbers, "
                 "comma-separated"
             ) from None
+        if f.fid == "inception" or (f.fid is None and f.inception_weights):
+            from experiments.runs import inception_eval
+
+            if not f.inception_weights:
+                raise errors.ConfigError("--fid inception needs --inception_weights (docs/fid.md)")
+            if f.save_ref_stats:
+                inception_eval.save_reference_stats(
+                    f.workdir, f.save_ref_stats, inception_weights=f.inception_weights,
+                    split=f.split, max_real=f.max_real, seed=f.seed,
+                    feature_batch=f.feature_batch)
+                return
+            if f.classifier_workdir:
+                raise errors.ConfigError("--classifier_workdir is not supported with --fid "
+                                         "inception")
+            inception_eval.evaluate_inception(
+                f.workdir, inception_weights=f.inception_weights, ref_stats=f.ref_stats,
+                samplers=f.samplers, steps=steps, guidance=guidance, full=f.full, num=f.num,
+                batch_size=f.batch_size, seed=f.seed, split=f.split, max_real=f.max_real,
+                use_ema=f.use_ema, spacing=f.spacing, fid_seeds=f.fid_seeds,
+                feature_batch=f.feature_batch)
+            print((pathlib.Path(f.workdir) / "eval_inception.md").read_text())
+            return
         evaluation.evaluate(
             f.workdir, samplers=f.samplers, steps=steps, guidance=guidance,
             full=f.full,

@@ -9,7 +9,7 @@ The public functional API, one module per concept::
 
 ``data``, ``sources``, ``checkpoint``, ``evaluation`` and ``pretrained`` pull in TFDS, grain,
 orbax and safetensors, so they are imported on first use (``jd.data``) rather than with the
-package.
+package; so are ``fid``, ``inception`` and ``precision_recall`` (pytorch-fid's FID, scipy).
 """
 
 import importlib
@@ -30,7 +30,8 @@ from jaxdiff import (
 # DPM-Solver++'s module, also reachable as jd.dpm_solver.
 from jaxdiff.samplers import dpm_solver
 
-_LAZY = ("data", "sources", "checkpoint", "evaluation", "pretrained")
+_LAZY = ("data", "sources", "checkpoint", "evaluation", "pretrained", "fid", "inception",
+         "precision_recall")
 
 __all__ = [
     "conditioning",

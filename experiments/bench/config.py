@@ -12,7 +12,9 @@ from experiments.bench.timing import parse_ints, parse_names
 
 CPU_SECTIONS = ("train", "sample", "dit", "canny", "attention")
 GPU_SECTIONS = ("unet_dtypes", "dit_mfu", "ddim_sharded")
-SECTIONS = CPU_SECTIONS + GPU_SECTIONS
+# Not in the default set: needs pytorch-fid, and its Inception runs at 299x299.
+EXTRA_SECTIONS = ("fid_inception",)
+SECTIONS = CPU_SECTIONS + GPU_SECTIONS + EXTRA_SECTIONS
 
 # Flag defaults per preset (as strings/ints, as typed on the command line).
 # gpu: the UNet is DDPM's 64x64 layout (Ho et al. 2020, app. B: channels 128-256-256-256,
@@ -60,7 +62,8 @@ def make_config(v: dict[str, Any]) -> dict[str, Any]:
         attention_levels=parse_ints(v["attention_levels"]), norm_groups=v["norm_groups"],
         repeats=v["repeats"], warmup=v["warmup"], ddim_steps=v["ddim_steps"],
         ddpm_steps=v["ddpm_steps"], dit_size=v["dit_size"], dit_patch=v["dit_patch"],
-        canny_batch=v["canny_batch"], train_dtypes=parse_names(v["train_dtypes"]),
+        canny_batch=v["canny_batch"], fid_batch=v["fid_batch"],
+        train_dtypes=parse_names(v["train_dtypes"]),
         sample_dtypes=parse_names(v["sample_dtypes"]), torch_compile=torch_compile,
         dit_sizes=parse_names(v["dit_sizes"]), dit_batches=parse_ints(v["dit_batches"]),
         dit_image_size=v["dit_image_size"], dit_in_channels=v["dit_in_channels"],
@@ -72,12 +75,12 @@ def make_config(v: dict[str, Any]) -> dict[str, Any]:
 def section_fns() -> dict[str, Callable[[dict[str, Any], dict], list[dict[str, Any]]]]:
     """Section name -> ``fn(cfg, variant_kw) -> rows`` (the section modules imported here, on
     use)."""
-    from experiments.bench import attention, gpu, sections
+    from experiments.bench import attention, fid_inception, gpu, sections
 
     return dict(
         attention=attention.bench_attention,
         train=sections.bench_train, sample=sections.bench_sample,
         dit=sections.bench_dit, canny=sections.bench_canny,
         unet_dtypes=gpu.bench_unet_dtypes, dit_mfu=gpu.bench_dit_mfu,
-        ddim_sharded=gpu.bench_ddim_sharded,
+        ddim_sharded=gpu.bench_ddim_sharded, fid_inception=fid_inception.bench_fid_inception,
     )

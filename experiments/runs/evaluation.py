@@ -235,10 +235,12 @@ def load_guide(config, classifier_workdir, samplers, classifier_scales):
 
 
 def real_images(
-    config: ml_collections.ConfigDict, *, split: str, max_images: int, seed: int
+    config: ml_collections.ConfigDict, *, split: str, max_images: int, seed: int,
+    need_labels: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``max_images`` shuffled real images (N, H, W, C) in [-1, 1] and labels (N,),
-    resized/padded exactly as experiments.train feeds them to the model."""
+    resized/padded exactly as experiments.train feeds them to the model (without
+    ``need_labels``, unlabelled data are read too, their labels all 0)."""
     data_config = ml_collections.ConfigDict(config.data.to_dict())
     data_config.split = split
     source = sources.make_source(data_config)
@@ -251,7 +253,9 @@ def real_images(
     )
     images, labels, count = [], [], 0
     for batch in batches:
-        if "label" in batch:
+        if not need_labels:
+            batch_labels = np.zeros(len(batch["image"]), np.int32)
+        elif "label" in batch:
             batch_labels = batch["label"]
         elif "context" in batch and is_one_hot(batch["context"]):
             batch_labels = batch["context"].argmax(-1)  # e.g. the sprites' one-hot categories
