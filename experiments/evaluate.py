@@ -53,8 +53,11 @@ from experiments.runtime.flag_defs import define
 def define_flags() -> None:
     """The CLI's flags; defined only when run as a program (experiments/runtime/flag_defs.py)."""
     s, i, f, b = flags.DEFINE_string, flags.DEFINE_integer, flags.DEFINE_float, flags.DEFINE_bool
+    from experiments.runtime import multihost
+
     listed = flags.DEFINE_list
     define(s, "workdir", None, "A workdir written by experiments.train.")
+    multihost.define_flags()
     define(b, "full", False, "Sweep every sampler, step count and scale of "
            "FULL_SWEEP instead of the run's own sampler at 2 scales.")
     define(listed, "samplers", None, "Samplers to sweep [config.sample.sampler].")
@@ -93,10 +96,13 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     from experiments.runs import evaluation
+    from experiments.runtime import multihost
+    from jaxdiff import distributed
 
     errors.start_cli(argv)
     f = flags.FLAGS
     with errors.exit_on_user_error():
+        multihost.initialize_from_flags()
         if f.workdir is None:
             raise errors.ConfigError("give --workdir, the directory experiments.train wrote")
         try:
@@ -128,7 +134,8 @@ def main(argv: list[str]) -> None:
                 batch_size=f.batch_size, seed=f.seed, split=f.split, max_real=f.max_real,
                 use_ema=f.use_ema, spacing=f.spacing, fid_seeds=f.fid_seeds,
                 feature_batch=f.feature_batch)
-            print((pathlib.Path(f.workdir) / "eval_inception.md").read_text())
+            if distributed.is_main_process():
+                print((pathlib.Path(f.workdir) / "eval_inception.md").read_text())
             return
         evaluation.evaluate(
             f.workdir, samplers=f.samplers, steps=steps, guidance=guidance,
@@ -139,7 +146,8 @@ def main(argv: list[str]) -> None:
             use_ema=f.use_ema, spacing=f.spacing,
             classifier_workdir=f.classifier_workdir, classifier_scales=classifier_scales,
         )
-        print((pathlib.Path(f.workdir) / "eval.md").read_text())
+        if distributed.is_main_process():
+            print((pathlib.Path(f.workdir) / "eval.md").read_text())
 
 
 if __name__ == "__main__":

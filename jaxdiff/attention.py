@@ -9,7 +9,8 @@ UNet, so the CPU streams them through memory five or six times per block. PyTorc
 long sequences, the queries) are cut into blocks whose logits over the whole batch fit in
 the L2 cache (about ``cache_elements`` floats), ``lax.map`` walks the blocks, and a custom
 VJP keeps only each row's logsumexp and recomputes the block's softmax in the backward pass
-instead of storing it, as FlashAttention does (Dao et al. 2022, sec. 3.1, "recomputation"). Same numbers as
+instead of storing it, as FlashAttention does (Dao et al. 2022, sec. 3.1, "recomputation").
+The batch is never cut, so a batch sharded over devices stays sharded. Same numbers as
 ``jax.nn.dot_product_attention`` to float32 rounding (tests/test_attention.py). Fwd+bwd on
 2 CPU cores, batch 32 (``python -m experiments.benchmark --only attention``; README,
 "Performance"): one 16x16 block of the benchmark UNet (8 heads of 8) takes 92 ms with

@@ -169,8 +169,9 @@ def canny_jax(
     blur_sigma: float = 0.0,
 ) -> jax.Array:
     """Pure-JAX Canny edges of images (N, H, W, C), uint8 in [0, 255] or float in [-1, 1],
-    -> (N, H, W, 1) float32 in {0, 1}; the same algorithm, conventions and arguments as ``canny`` (see the module
-    docstring). jit-able (the options are static Python values) and vmap-able."""
+    -> (N, H, W, 1) float32 in {0, 1}; the same algorithm, conventions and arguments as
+    ``canny`` (see the module docstring). jit-able (the options are static Python values)
+    and vmap-able."""
     _check_blur(blur_ksize)
     gray = _gray_int_jax(jnp.asarray(images))
     if blur_ksize:

@@ -106,3 +106,33 @@ def test_two_process_checkpoint_sampled_on_one_device(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     images = np.load(tmp_path / "samples.npz")["images"]
     assert images.shape == (2, 8, 8, 1) and images.std() > 0
+
+
+def test_evaluate_on_two_processes_equals_one_process(runs, tmp_path):
+    """experiments.evaluate with 2 processes x 2 devices samples its batches sharded over all
+    4 devices and reports what one process with one device reports."""
+    tmp, _ = runs
+    workdir = tmp / "2x2"
+    args = [sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}",
+            "--samplers=ddim", "--steps=2", "--guidance=0", "--num=8", "--batch_size=8",
+            "--classifier_steps=20", f"--cache_dir={tmp_path / 'cache'}"]
+    one = subprocess.run(args, cwd=ROOT, env=env(1), capture_output=True, text=True,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    alone = json.loads((workdir / "eval.json").read_text())
+    address = f"localhost:{free_port()}"
+    procs = [subprocess.Popen(args + [f"--coordinator_address={address}", "--num_processes=2",
+                                      f"--process_id={i}"],
+                              cwd=ROOT, env=env(2), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    together = json.loads((workdir / "eval.json").read_text())
+    (a,), (b,) = alone["results"], together["results"]
+    assert a["fid"] == pytest.approx(b["fid"], rel=1e-3, abs=1e-3)
+    assert a["accuracy"] == b["accuracy"] and together["num_samples"] == 8

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from experiments.runs import (
     builders,
@@ -29,7 +30,8 @@ from experiments.runs import (
     validation,
 )
 from experiments.runs.eval_report import write_report
-from jaxdiff import data, evaluation, sources, viz
+from jaxdiff import data, distributed, evaluation, sources, viz
+from jaxdiff import train as jd_train
 from jaxdiff.models.classifier import Classifier
 
 FULL_SWEEP = {"samplers": ("ddpm", "ddim"), "steps": (10, 25, 50, 100),
@@ -160,9 +162,11 @@ def evaluate(
     if guide is not None and cond is None:
         cond = jnp.asarray(target_labels)
     key = jax.random.key(seed)
+    mesh = jd_train.make_mesh()  # every device of every process samples its share
     results = []
     progress = tqdm.tqdm(total=len(grid) * math.ceil(n / batch_size), desc="evaluate",
-                         unit="batch", dynamic_ncols=True)
+                         unit="batch", dynamic_ncols=True,
+                         disable=not distributed.is_main_process())
     with progress:
         for sampler_name, num_steps, scale, classifier_scale in grid:
             progress.set_postfix(sampler=sampler_name, steps=num_steps, w=scale,
@@ -172,6 +176,7 @@ def evaluate(
                 eta=float(config.sample.eta), guidance_scale=scale,
                 prediction=config.diffusion.prediction,
                 shape=builders.image_shape(config, batch=min(batch_size, n)),
+                mesh=builders.batch_mesh(mesh, min(batch_size, n)),
                 spacing=spacing,
                 classifier_apply=guide.apply if guide else None,
                 classifier_scale=classifier_scale,
@@ -217,7 +222,8 @@ def evaluate(
             "workdir": guide.workdir, "checkpoint_step": guide.step},
         "results": results,
     }
-    write_report(workdir, report)
+    if distributed.is_main_process():
+        write_report(workdir, report)
     return report
 
 
@@ -309,27 +315,45 @@ def sweep_settings(
 def generate(
     sample_fn, params, conds, *, key, n: int, batch_size: int, progress, classifier_params=None
 ) -> tuple[np.ndarray, float, float]:
-    """(samples, compile_seconds, sample_seconds): n samples in [-1, 1], quantised to uint8
-    levels like the real images they are compared with. Batch i uses key fold_in(key, i), so
-    every setting starts from the same noise (common random numbers make settings comparable
-    at small n)."""
+    """(samples, compile_seconds, sample_seconds): ``draw`` after compiling ``sample_fn``
+    for the batches of ``cond_batches``."""
+    batches = cond_batches(conds, n=n, batch_size=batch_size)
+    start = time.perf_counter()
+    compiled = sample_fn.lower(params, key, batches[0], classifier_params).compile()
+    compile_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    samples = draw(compiled, params, batches, key=key, n=n, progress=progress,
+                   classifier_params=classifier_params)
+    return samples, compile_seconds, time.perf_counter() - start
+
+
+def cond_batches(conds, *, n: int, batch_size: int) -> list:
+    """The conditions of each batch of ``n`` samples (None for an unconditional model); the
+    last batch is padded with the first rows, so every batch has one compiled shape."""
     batches = []
     for start in range(0, n, batch_size):
         cond = None
         if conds is not None:
             cond = conds[start : start + batch_size]
-            if len(cond) < batch_size:  # pad the last batch: one compiled shape
-                cond = jnp.concatenate([cond, conds[: batch_size - len(cond)]])
+            if len(cond) < batch_size:
+                pad = conds[: batch_size - len(cond)]
+                cond = jnp.concatenate([jnp.asarray(cond), jnp.asarray(pad)])
         batches.append(cond)
-    start = time.perf_counter()
-    compiled = sample_fn.lower(params, key, batches[0], classifier_params).compile()
-    compile_seconds = time.perf_counter() - start
-    start = time.perf_counter()
+    return batches
+
+
+def draw(
+    compiled, params, batches, *, key, n: int, progress, classifier_params=None
+) -> np.ndarray:
+    """n samples in [-1, 1], quantised to uint8 levels like the real images they are compared
+    with, on every process (each samples its devices' rows of a batch sharded over the whole
+    mesh; the rows are then gathered). Batch i uses key fold_in(key, i), so every setting
+    starts from the same noise (common random numbers make settings comparable at small n)."""
     out = []
     for i, cond in enumerate(batches):
         images, _ = compiled(params, jax.random.fold_in(key, i), cond, classifier_params)
+        if jax.process_count() > 1:
+            images = multihost_utils.process_allgather(images, tiled=True)
         out.append(np.asarray(images))
         progress.update(1)
-    sample_seconds = time.perf_counter() - start
-    samples = viz.to_uint8(np.concatenate(out)[:n]).astype(np.float32) / 127.5 - 1.0
-    return samples, compile_seconds, sample_seconds
+    return viz.to_uint8(np.concatenate(out)[:n]).astype(np.float32) / 127.5 - 1.0

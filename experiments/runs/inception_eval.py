@@ -30,11 +30,10 @@ from typing import Any
 import jax
 import numpy as np
 import tqdm
-from jax.experimental import multihost_utils
 
-from experiments.runs import builders, conds, kinds, restore, sampler_assembly
+from experiments.runs import builders, conds, evaluation, kinds, restore, sampler_assembly
 from experiments.runs.evaluation import default_sweep, real_images, sweep_settings
-from jaxdiff import distributed, fid, inception, precision_recall, viz
+from jaxdiff import distributed, fid, inception, precision_recall
 from jaxdiff import train as jd_train
 
 VERSIONED = ("jax", "jaxlib", "flax", "numpy", "scipy", "jaxdiff")
@@ -85,24 +84,6 @@ def save_reference_stats(workdir: str | pathlib.Path, path: str | pathlib.Path, 
         fid.save_stats(path, mu, sigma)
     print(f"wrote the Inception statistics of {n} {config.data.source} {split} images to {path}")
     return pathlib.Path(path)
-
-
-def draw_samples(compiled, params, cond, *, key, n: int, batch_size: int, progress) -> np.ndarray:
-    """n samples in [-1, 1] quantised to uint8 levels, on every process; batch i uses key
-    fold_in(key, i) (as ``experiments.runs.evaluation.generate``)."""
-    out = []
-    for i, start in enumerate(range(0, n, batch_size)):
-        batch_cond = None
-        if cond is not None:
-            batch_cond = cond[start : start + batch_size]
-            if len(batch_cond) < batch_size:  # pad the last batch: one compiled shape
-                batch_cond = np.concatenate([batch_cond, cond[: batch_size - len(batch_cond)]])
-        images, _ = compiled(params, jax.random.fold_in(key, i), batch_cond, None)
-        if jax.process_count() > 1:
-            images = multihost_utils.process_allgather(images, tiled=True)
-        out.append(np.asarray(images))
-        progress.update(1)
-    return viz.to_uint8(np.concatenate(out)[:n]).astype(np.float32) / 127.5 - 1.0
 
 
 def evaluate_inception(
@@ -177,8 +158,9 @@ def evaluate_inception(
             fids, pr, sample_seconds, feature_seconds = [], [], 0.0, 0.0
             for block in range(fid_seeds):
                 start = time.perf_counter()
-                samples = draw_samples(compiled, params, cond, key=jax.random.key(seed + block),
-                                       n=n, batch_size=batch, progress=progress)
+                samples = evaluation.draw(
+                    compiled, params, evaluation.cond_batches(cond, n=n, batch_size=batch),
+                    key=jax.random.key(seed + block), n=n, progress=progress)
                 sample_seconds += time.perf_counter() - start
                 start = time.perf_counter()
                 features = fid.inception_features(inception_params, samples,

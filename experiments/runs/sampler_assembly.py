@@ -37,8 +37,8 @@ def make_sample_fn(
     """``sample(params, key, cond, classifier_params=None) -> (images (B,H,W,C) in [-1,1],
     trajectory)``, jitted.
 
-    ``spacing`` ("linspace" | "trailing" | "leading", ``samplers.timestep_grid``) is the timestep grid of
-    ddim and dpm_solver_pp; None keeps each sampler's default.
+    ``spacing`` ("linspace" | "trailing" | "leading", ``samplers.timestep_grid``) is the
+    timestep grid of ddim and dpm_solver_pp; None keeps each sampler's default.
 
     params and cond are arguments, not constants baked into the program, so one compile
     serves every checkpoint (the train loop's previews) and every label set. With

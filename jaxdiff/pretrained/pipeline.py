@@ -72,7 +72,9 @@ def sampling_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     from its diffusers pipeline without a word."""
     kind = config.get("prediction_type", "epsilon")
     if kind not in PREDICTIONS:
-        raise UnsupportedConfigError(f"prediction_type {kind!r} is not one of {sorted(PREDICTIONS)}")
+        raise UnsupportedConfigError(
+            f"prediction_type {kind!r} is not one of {sorted(PREDICTIONS)}"
+        )
     variance = config.get("variance_type", "fixed_small")
     if variance not in VARIANCES:
         raise UnsupportedConfigError(
