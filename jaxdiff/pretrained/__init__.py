@@ -11,11 +11,20 @@ conversion is renaming and transposing (``jaxdiff.pretrained.unet2d``).
 path)``; ``load_diffusers_pipeline(path) -> Pretrained`` (model, params, schedule,
 prediction, sampler options).
 
+``load_diffusers_autoencoder(path) -> (model, params)`` and ``save_diffusers_autoencoder``
+do the same for ``AutoencoderKL`` folders (``autoencoder``).
+
 ``unet2d`` maps UNet2DModel's config and state dict onto jaxdiff's ``UNet``; ``folders``
 reads and writes UNet folders; ``pipeline`` reads and writes pipeline folders and their
 scheduler configs.
 """
 
+from jaxdiff.pretrained.autoencoder import (
+    autoencoder_kwargs,
+    diffusers_autoencoder_config,
+    load_diffusers_autoencoder,
+    save_diffusers_autoencoder,
+)
 from jaxdiff.pretrained.folders import (
     CONFIG_NAME,
     GET_A_PIPELINE,
@@ -44,6 +53,10 @@ from jaxdiff.pretrained.unet2d import (
 )
 
 __all__ = [
+    "autoencoder_kwargs",
+    "diffusers_autoencoder_config",
+    "load_diffusers_autoencoder",
+    "save_diffusers_autoencoder",
     "CONFIG_NAME",
     "GET_A_PIPELINE",
     "NULL_LABEL_KEY",
