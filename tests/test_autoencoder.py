@@ -125,7 +125,8 @@ def test_matches_diffusers_both_ways(name, tmp_path):
     x = rng.uniform(-1, 1, size=(2, size, size, config["in_channels"])).astype(np.float32)
     f = model.downsample_factor
     z = rng.normal(size=(2, size // f, size // f, config["latent_channels"])).astype(np.float32)
-    for got, want in zip(_ours(model, params, x, z), _torch_outputs(torch, twin, x, z)):
+    theirs = _torch_outputs(torch, twin, x, z)
+    for got, want in zip(_ours(model, params, x, z), theirs, strict=True):
         assert got.shape == want.shape
         assert _rel(got, want) < 1e-4  # import
 
@@ -133,5 +134,6 @@ def test_matches_diffusers_both_ways(name, tmp_path):
     pretrained.save_diffusers_autoencoder(model, ours, tmp_path / "ours", sample_size=size)
     back = diffusers.AutoencoderKL.from_pretrained(tmp_path / "ours").eval()
     assert back.config.shift_factor == config.get("shift_factor")
-    for got, want in zip(_ours(model, ours, x, z), _torch_outputs(torch, back, x, z)):
+    theirs = _torch_outputs(torch, back, x, z)
+    for got, want in zip(_ours(model, ours, x, z), theirs, strict=True):
         assert _rel(got, want) < 1e-4  # export
