@@ -21,7 +21,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments.runs import builders, classifier, controlnet, finetune, training_data
+from experiments.runs import (
+    autoencoder,
+    builders,
+    classifier,
+    controlnet,
+    finetune,
+    training_data,
+)
 from experiments.runs.preview import SamplePreview
 from experiments.runs.validation import validate_config
 from jaxdiff import losses, schedules
@@ -117,6 +124,27 @@ class Classifier(Diffusion):
 
 
 @dataclasses.dataclass(frozen=True)
+class Autoencoder(Diffusion):
+    """The autoencoder of latent diffusion (experiments/runs/autoencoder.py): reconstruction
+    + KL loss; its preview is reconstructions of held-out images and their error."""
+
+    name = "autoencoder"
+
+    def validate(self, config, *, num_devices):
+        super().validate(config, num_devices=num_devices)
+        autoencoder.validate(config)
+
+    def build_model(self, config, workdir=None, *, for_training=False):
+        return autoencoder.build_model(config)
+
+    def build_loss(self, config, model, schedule):
+        return autoencoder.build_loss(config, model)
+
+    def preview(self, config, model, schedule, workdir, key, mesh):
+        return autoencoder.ReconstructionPreview(config, model, workdir)
+
+
+@dataclasses.dataclass(frozen=True)
 class ControlNet(Diffusion):
     """A ControlNet over a frozen base UNet (experiments/runs/controlnet.py): hinted data and
     loss; previews show held-out hints above their samples."""
@@ -197,6 +225,7 @@ def is_finetune(config: ml_collections.ConfigDict) -> bool:
 KINDS: tuple[tuple[Callable[[ml_collections.ConfigDict], bool], type[Diffusion]], ...] = (
     (controlnet.enabled, ControlNet),
     (classifier.is_classifier, Classifier),
+    (autoencoder.is_autoencoder, Autoencoder),
     (is_student, Student),
     (is_finetune, FineTune),
     (lambda config: True, Diffusion),

@@ -65,7 +65,8 @@ def load_dit_pipeline(path: str | pathlib.Path) -> LatentPipeline:
     scheduler = load_json(folder / "scheduler" / "scheduler_config.json")
     kind = scheduler.get("prediction_type", "epsilon")
     if kind not in PREDICTIONS:
-        raise UnsupportedConfigError(f"prediction_type {kind!r} is not one of {sorted(PREDICTIONS)}")
+        raise UnsupportedConfigError(
+            f"prediction_type {kind!r} is not one of {sorted(PREDICTIONS)}")
     if scheduler.get("thresholding", False):
         raise UnsupportedConfigError("scheduler thresholding=True is not supported")
     variance = scheduler.get("variance_type", "fixed_small")
