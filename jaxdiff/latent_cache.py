@@ -89,14 +89,21 @@ def build_latent_cache(
     return meta
 
 
-def load_latent_cache(cache_dir: str | pathlib.Path) -> dict[str, Any]:
-    """{'latents': float32 (N, h, w, c), 'labels': int32 (N,) or None, plus the meta}; a
-    FileNotFoundError when the cache is incomplete."""
+def read_meta(cache_dir: str | pathlib.Path) -> dict[str, Any]:
+    """A complete cache's ``meta.json`` (num_records, latent_shape, scaling_factor,
+    shift_factor, ...); FileNotFoundError when the cache is incomplete."""
     cache = pathlib.Path(cache_dir)
     if not (cache / META).exists():
         raise FileNotFoundError(f"{cache} holds no complete latent cache ({META} missing); "
                                 "build it with build_latent_cache")
-    meta = json.loads((cache / META).read_text())
+    return json.loads((cache / META).read_text())
+
+
+def load_latent_cache(cache_dir: str | pathlib.Path) -> dict[str, Any]:
+    """{'latents': float32 (N, h, w, c), 'labels': int32 (N,) or None, plus the meta}; a
+    FileNotFoundError when the cache is incomplete."""
+    cache = pathlib.Path(cache_dir)
+    meta = read_meta(cache)
     shards = [np.load(shard_path(cache, k)) for k in range(meta["num_shards"])]
     labels = None
     if "labels" in shards[0]:

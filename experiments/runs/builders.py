@@ -41,6 +41,11 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
 
 
 def image_shape(config: ml_collections.ConfigDict, *, batch: int) -> tuple[int, int, int, int]:
+    """The shape the model denoises: the images', or a latent run's latents'
+    (``latent.size``, ``latent.channels``; experiments/runs/latent.py)."""
+    if config.get("latent", {}).get("size"):
+        return (batch, int(config.latent.size), int(config.latent.size),
+                int(config.latent.channels))
     size = int(config.data.image_size)
     return (batch, size, size, int(config.data.channels))
 

@@ -24,6 +24,7 @@ from experiments.runs import (
     classifier,
     conds,
     kinds,
+    latent,
     restore,
     sampler_assembly,
     validation,
@@ -160,6 +161,7 @@ def evaluate(
     if guide is not None and cond is None:
         cond = jnp.asarray(target_labels)
     key = jax.random.key(seed)
+    decode = latent.decoder(config)  # a latent run's samples are decoded to images
     results = []
     progress = tqdm.tqdm(total=len(grid) * math.ceil(n / batch_size), desc="evaluate",
                          unit="batch", dynamic_ncols=True)
@@ -174,7 +176,7 @@ def evaluate(
                 shape=builders.image_shape(config, batch=min(batch_size, n)),
                 spacing=spacing,
                 classifier_apply=guide.apply if guide else None,
-                classifier_scale=classifier_scale,
+                classifier_scale=classifier_scale, decode=decode,
             )
             samples, compile_seconds, seconds = generate(
                 sample_fn, params, cond, key=key, n=n, batch_size=min(batch_size, n),

@@ -26,6 +26,7 @@ from experiments.runs import (
     distillation,
     finetune,
     kinds,
+    latent,
     restore,
     sampler_assembly,
     validation,
@@ -164,6 +165,7 @@ def sample(
     batch = o.num if cond is None else jax.tree.leaves(cond)[0].shape[0]
     mesh = jd_train.make_mesh()
     walked = schedule.num_timesteps if o.sampler in validation.WALKS_ALL_STEPS else o.steps
+    decode = latent.decoder(config)  # a latent run's samples are decoded to images
 
     def make(name: str, keep_every: int, net: Any = model):
         s = config.sample
@@ -174,6 +176,7 @@ def sample(
             mesh=builders.batch_mesh(mesh, batch), spacing=s.get("spacing"),
             clip_x0=s.get("clip_x0"), variance=s.get("variance"),
             classifier_apply=guide.apply if guide else None, classifier_scale=classifier_scale,
+            decode=decode,
         )
 
     sample_fn = make(o.sampler, max(1, walked // GIF_FRAMES))
