@@ -151,3 +151,29 @@ def test_dit_pipeline_samples_like_diffusers(tmp_path):
     images = latent.decode(loaded.vae, loaded.vae_params, z)
     assert images.shape == (2, 16, 16, 3)
     assert _rel((np.asarray(images) + 1) / 2, want) < 1e-4
+
+
+@pytest.mark.slow
+def test_sample_cli_draws_from_a_dit_pipeline_folder(tmp_path):
+    """experiments.sample --pretrained <DiTPipeline folder> --labels ... --guidance_scale w:
+    DDPM with the learned variance over all T steps, decoded; the grid, GIF and npz hold
+    the decoded images; ddim from the same folder gives other images of the same labels."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    from experiments.runs import sampling
+
+    _pipeline_folder(torch, diffusers, tmp_path / "pipe", diffusers.DDPMScheduler(
+        variance_type="learned_range", num_train_timesteps=100))
+    outs = {
+        name: sampling.sample(None, pretrained=str(tmp_path / "pipe"), sampler=name, steps=4,
+                              labels="207,360,387", guidance_scale=4, num=1,
+                              out=str(tmp_path / name))
+        for name in ("ddpm", "ddim")
+    }
+    for out in outs.values():
+        assert out["images"].shape == (3, 16, 16, 3)
+        assert out["grid"].exists() and out["gif"].exists()
+        saved = np.load(out["npz"])
+        np.testing.assert_array_equal(saved["labels"], [207, 360, 387])
+        np.testing.assert_array_equal(saved["images"], out["images"])
+    assert np.abs(outs["ddpm"]["images"].astype(int) - outs["ddim"]["images"]).max() > 0

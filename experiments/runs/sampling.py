@@ -27,12 +27,14 @@ from experiments.runs import (
     finetune,
     kinds,
     latent,
+    pipeline_sampling,
     restore,
     sampler_assembly,
     validation,
 )
 from experiments.runtime.errors import ConfigError
 from jaxdiff import distributed, viz
+from jaxdiff import pretrained as jd_pretrained
 from jaxdiff import train as jd_train
 
 GIF_FRAMES = 40
@@ -147,6 +149,10 @@ def sample(
     Returns {'images': uint8 (N, H, W, C), 'grid', 'gif', 'npz': paths, 'seconds': float,
     and 'compare': path when asked}.
     """
+    if pretrained and jd_pretrained.is_dit_pipeline(pretrained):  # latent DiT + autoencoder
+        return pipeline_sampling.sample_pipeline(
+            pretrained, sampler=sampler, steps=steps, eta=eta, guidance_scale=guidance_scale,
+            labels=labels, num=num, seed=seed, out=out)
     run = load_run(workdir, pretrained=pretrained, steps=steps)
     config = run.config
     o = resolve_options(config, sampler=sampler, steps=run.steps, eta=eta,
