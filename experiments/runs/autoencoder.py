@@ -7,6 +7,8 @@ such configs here. The loss is ``jaxdiff.autoencoder_loss`` (reconstruction + KL
 discriminator). Instead of sample grids, training writes reconstructions of held-out images
 (``reconstructions/step_*.png``: originals above their reconstructions) and their error
 (``reconstruction.json``: per-pixel MSE and L1 in [-1, 1] units, on the posterior mean).
+``experiments.evaluate`` on an autoencoder run measures the same on ``--num`` images
+(``evaluate``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments.runs import training_data
+from experiments.runs import restore, training_data
 from experiments.runtime.errors import ConfigError
 from jaxdiff import viz
 from jaxdiff.autoencoder_loss import RECONSTRUCTIONS, make_autoencoder_loss
@@ -94,3 +96,28 @@ class ReconstructionPreview:
                "l1": float(np.mean(np.abs(recon - images)))}
         (self.dir.parent / "reconstruction.json").write_text(json.dumps(err, indent=2) + "\n")
         writer.add_scalar("reconstruction_mse", err["mse"], step)
+
+
+def evaluate(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, *, num: int,
+             batch_size: int, use_ema: bool = True) -> dict[str, Any]:
+    """Reconstruction error (posterior means decoded, clipped to [-1, 1]) of the first
+    ``num`` images of the run's data: per-pixel MSE, L1 and PSNR (peak-to-peak 2) in
+    eval.json / eval.md. Returns the report."""
+    workdir = pathlib.Path(workdir)
+    model = build_model(config)
+    params, ema, step = restore.restore_for_sampling(config, str(workdir), model)
+    params = ema if use_ema else params
+    images = held_out_images(config, num)
+    reconstruct = jax.jit(lambda p, x: jnp.clip(model.apply({"params": p}, x)[0], -1, 1))
+    recon = np.concatenate([np.asarray(reconstruct(params, images[i:i + batch_size]))
+                            for i in range(0, len(images), batch_size)])
+    mse = float(np.mean((recon - images) ** 2))
+    report = {"workdir": str(workdir), "checkpoint_step": int(step),
+              "params": "ema" if use_ema else "raw", "num_images": len(images), "mse": mse,
+              "l1": float(np.mean(np.abs(recon - images))),
+              "psnr_db": float(10 * np.log10(4.0 / mse))}
+    (workdir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    (workdir / "eval.md").write_text(
+        "| images | MSE | L1 | PSNR (dB) |\n| --- | --- | --- | --- |\n"
+        f"| {report['num_images']} | {mse:.5f} | {report['l1']:.4f} | {report['psnr_db']:.2f} |\n")
+    return report

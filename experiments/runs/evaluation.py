@@ -20,6 +20,7 @@ import numpy as np
 import tqdm
 
 from experiments.runs import (
+    autoencoder,
     builders,
     classifier,
     conds,
@@ -120,14 +121,18 @@ def evaluate(
     ``samplers``, ``steps`` and ``guidance`` left as None come from ``default_sweep(config,
     full=full)``.
 
-    Returns the report written to eval.json: ``num_samples``, ``classifier`` (held-out
-    accuracy, sizes, cache), ``real_fid_floor`` and ``results``, one dict per setting with
+    An autoencoder run (configs/mnist_vae.py) reports its reconstruction error instead
+    (experiments/runs/autoencoder.py). Returns the report written to eval.json:
+    ``num_samples``, ``classifier`` (held-out accuracy, sizes, cache), ``real_fid_floor`` and ``results``, one dict per setting with
     ``sampler``, ``steps``, ``guidance_scale``, ``classifier_scale``, ``fid``, ``accuracy``
     (None when unconditional and unguided), ``sample_seconds`` (all n samples, compile
     excluded) and ``compile_seconds``.
     """
     workdir = pathlib.Path(workdir)
     config = restore.load_run_config(workdir)
+    if autoencoder.is_autoencoder(config):  # no samples: the reconstruction error
+        return autoencoder.evaluate(workdir, config, num=num, batch_size=batch_size,
+                                    use_ema=use_ema)
     model = kinds.build_model(config)
     schedule = builders.build_schedule(config)
     num_classes, context_dim = builders.cond_spec(model)
