@@ -123,10 +123,10 @@ def evaluate(
 
     An autoencoder run (configs/mnist_vae.py) reports its reconstruction error instead
     (experiments/runs/autoencoder.py). Returns the report written to eval.json:
-    ``num_samples``, ``classifier`` (held-out accuracy, sizes, cache), ``real_fid_floor`` and ``results``, one dict per setting with
-    ``sampler``, ``steps``, ``guidance_scale``, ``classifier_scale``, ``fid``, ``accuracy``
-    (None when unconditional and unguided), ``sample_seconds`` (all n samples, compile
-    excluded) and ``compile_seconds``.
+    ``num_samples``, ``classifier`` (held-out accuracy, sizes, cache), ``real_fid_floor``
+    and ``results``, one dict per setting with ``sampler``, ``steps``, ``guidance_scale``,
+    ``classifier_scale``, ``fid``, ``accuracy`` (None when unconditional and unguided),
+    ``sample_seconds`` (all n samples, compile excluded) and ``compile_seconds``.
     """
     workdir = pathlib.Path(workdir)
     config = restore.load_run_config(workdir)
