@@ -50,13 +50,13 @@ def mnist_rows() -> list[tuple[str, float]]:
     """(what, TFLOPs) of the MNIST latent/pixel comparison's training runs."""
     small = dict(depth=4, hidden_size=128, patch_size=2)
     latent = dit_forward_flops(**small, image_size=8, in_channels=4)
-    pixel = dit_forward_flops(**small, image_size=28, in_channels=1)
+    pixel = dit_forward_flops(**small, image_size=32, in_channels=1)
     vae = AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(16, 32, 32),
                         norm_num_groups=8)
     encode, decode = autoencoder_flops(vae, 32)
     return [
         ("latent DiT, 4350 steps x 64 latents", 4350 * 64 * train_step_flops(latent) / 1e12),
-        ("pixel DiT, 300 steps x 64 images", 300 * 64 * train_step_flops(pixel) / 1e12),
+        ("pixel DiT, 216 steps x 64 images", 216 * 64 * train_step_flops(pixel) / 1e12),
         ("autoencoder, 500 steps x 32 images", 500 * 32 * train_step_flops(encode + decode)
          / 1e12),
         ("latent cache, 10000 images encoded once", 10_000 * encode / 1e12),
