@@ -30,7 +30,8 @@ from jaxdiff import (
 # DPM-Solver++'s module, also reachable as jd.dpm_solver.
 from jaxdiff.samplers import dpm_solver
 
-_LAZY = ("data", "sources", "checkpoint", "evaluation", "pretrained")
+_LAZY = ("data", "sources", "checkpoint", "evaluation", "pretrained", "latent", "latent_cache",
+         "autoencoder_loss")
 
 __all__ = [
     "conditioning",
