@@ -43,6 +43,13 @@ def test_vae_then_latent_dit_then_sample_and_evaluate(tmp_path):
     train_loop.train_and_evaluate(tiny_vae(), str(ae))
     assert json.loads((ae / "reconstruction.json").read_text())["step"] == 4
     assert len(list((ae / "reconstructions").glob("step_*.png"))) == 1
+    # experiments.evaluate on an autoencoder run: the reconstruction error of the same 16
+    # images with the same EMA params as the preview's, batched differently.
+    report = evaluation.evaluate(ae, num=16, batch_size=8)
+    preview = json.loads((ae / "reconstruction.json").read_text())
+    assert report["num_images"] == 16
+    np.testing.assert_allclose([report["mse"], report["l1"]], [preview["mse"], preview["l1"]],
+                               rtol=1e-5)
 
     cache = tmp_path / "cache"
     config = tiny_latent(ae, cache)
