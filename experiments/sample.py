@@ -6,11 +6,14 @@
     python -m experiments.sample --workdir runs/sprites --context 0,0,1,0,0
     python -m experiments.sample --workdir runs/digits_pd --steps 4   # a distilled student
     python -m experiments.sample --pretrained ddpm-celebahq-256 --sampler ddim --steps 50
+    python -m experiments.sample --pretrained DiT-XL-2-256 --labels 207,360,387 \
+        --guidance_scale 4
     python -m experiments.sample --workdir runs/digits_uncond --classifier_workdir \
         runs/digits_clf --classifier_scale 3 --labels 0,1,2
 
 The model, schedule and prediction come from the config saved with the newest checkpoint
-(or, with ``--pretrained``, from a diffusers pipeline folder: experiments/runs/finetune.py);
+(or, with ``--pretrained``, from a diffusers pipeline folder: experiments/runs/finetune.py;
+a DiTPipeline folder samples latents and decodes them: experiments/runs/pipeline_sampling.py);
 the flags left unset take ``config.sample``'s values. A conditional model draws one row of
 ``--num`` images per label (or per one-hot context); an unconditional one ``--num`` images.
 Writes ``<out>/grid.png``, ``<out>/denoising.gif`` and ``<out>/samples.npz`` (uint8

@@ -9,7 +9,8 @@ The public functional API, one module per concept::
 
 ``data``, ``sources``, ``checkpoint``, ``evaluation`` and ``pretrained`` pull in TFDS, grain,
 orbax and safetensors, so they are imported on first use (``jd.data``) rather than with the
-package; so are ``fid``, ``inception`` and ``precision_recall`` (pytorch-fid's FID, scipy).
+package; so are ``fid``, ``inception`` and ``precision_recall`` (pytorch-fid's FID, scipy)
+and ``latent``, ``latent_cache`` and ``autoencoder_loss`` (latent diffusion).
 """
 
 import importlib
@@ -31,7 +32,7 @@ from jaxdiff import (
 from jaxdiff.samplers import dpm_solver
 
 _LAZY = ("data", "sources", "checkpoint", "evaluation", "pretrained", "fid", "inception",
-         "precision_recall")
+         "precision_recall", "latent", "latent_cache", "autoencoder_loss")
 
 __all__ = [
     "conditioning",

@@ -119,6 +119,10 @@ def prepare_record(
     ``image_size`` and ``pad_to`` are (H, W) or None. Returns a dict with 'image' (H, W, C)
     uint8 and whichever of 'label', 'context' and 'hint' the record has.
     """
+    if np.issubdtype(np.asarray(record["image"]).dtype, np.floating):
+        # Float records (an autoencoder's latents, jaxdiff.latent_cache) are the model's
+        # input as they are: no resizing, no [0, 255] scaling.
+        return {**record, "image": np.asarray(record["image"], np.float32)}
     image = np.asarray(record["image"], np.uint8)
     if image.ndim == 2:
         image = image[..., None]
@@ -145,4 +149,6 @@ def prepare_record(
 
 def _normalize(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """uint8 [0, 255] -> float32 [-1, 1] (0 -> -1 and 255 -> 1 exactly), as DDPM sec. 3.3."""
+    if batch["image"].dtype != np.uint8:  # float latents pass through
+        return batch
     return {**batch, "image": batch["image"].astype(np.float32) / 127.5 - 1.0}

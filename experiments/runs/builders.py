@@ -12,6 +12,7 @@ import optax
 from experiments.runtime.errors import ConfigError
 from jaxdiff import losses, models, optim, schedules
 from jaxdiff import train as jd_train
+from jaxdiff.models.autoencoder import AutoencoderKL
 
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
@@ -40,6 +41,11 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
 
 
 def image_shape(config: ml_collections.ConfigDict, *, batch: int) -> tuple[int, int, int, int]:
+    """The shape the model denoises: the images', or a latent run's latents'
+    (``latent.size``, ``latent.channels``; experiments/runs/latent.py)."""
+    if config.get("latent", {}).get("size"):
+        return (batch, int(config.latent.size), int(config.latent.size),
+                int(config.latent.channels))
     size = int(config.data.image_size)
     return (batch, size, size, int(config.data.channels))
 
@@ -105,7 +111,8 @@ def init_state(
     init_key, state_key = jax.random.split(key)
     x = jnp.zeros(image_shape(config, batch=1), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
-    params = jax.jit(model.init)(init_key, x, t, None)["params"]
+    args = (x,) if isinstance(model, AutoencoderKL) else (x, t, None)  # no t, no cond
+    params = jax.jit(model.init)(init_key, *args)["params"]
     return jd_train.create_train_state(params, optimizer, state_key)
 
 

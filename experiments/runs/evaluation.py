@@ -21,10 +21,12 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from experiments.runs import (
+    autoencoder,
     builders,
     classifier,
     conds,
     kinds,
+    latent,
     restore,
     sampler_assembly,
     validation,
@@ -121,14 +123,18 @@ def evaluate(
     ``samplers``, ``steps`` and ``guidance`` left as None come from ``default_sweep(config,
     full=full)``.
 
-    Returns the report written to eval.json: ``num_samples``, ``classifier`` (held-out
-    accuracy, sizes, cache), ``real_fid_floor`` and ``results``, one dict per setting with
-    ``sampler``, ``steps``, ``guidance_scale``, ``classifier_scale``, ``fid``, ``accuracy``
-    (None when unconditional and unguided), ``sample_seconds`` (all n samples, compile
-    excluded) and ``compile_seconds``.
+    An autoencoder run (configs/mnist_vae.py) reports its reconstruction error instead
+    (experiments/runs/autoencoder.py). Returns the report written to eval.json:
+    ``num_samples``, ``classifier`` (held-out accuracy, sizes, cache), ``real_fid_floor``
+    and ``results``, one dict per setting with ``sampler``, ``steps``, ``guidance_scale``,
+    ``classifier_scale``, ``fid``, ``accuracy`` (None when unconditional and unguided),
+    ``sample_seconds`` (all n samples, compile excluded) and ``compile_seconds``.
     """
     workdir = pathlib.Path(workdir)
     config = restore.load_run_config(workdir)
+    if autoencoder.is_autoencoder(config):  # no samples: the reconstruction error
+        return autoencoder.evaluate(workdir, config, num=num, batch_size=batch_size,
+                                    use_ema=use_ema)
     model = kinds.build_model(config)
     schedule = builders.build_schedule(config)
     num_classes, context_dim = builders.cond_spec(model)
@@ -163,6 +169,7 @@ def evaluate(
         cond = jnp.asarray(target_labels)
     key = jax.random.key(seed)
     mesh = jd_train.make_mesh()  # every device of every process samples its share
+    decode = latent.decoder(config)  # a latent run's samples are decoded to images
     results = []
     progress = tqdm.tqdm(total=len(grid) * math.ceil(n / batch_size), desc="evaluate",
                          unit="batch", dynamic_ncols=True,
@@ -179,7 +186,7 @@ def evaluate(
                 mesh=builders.batch_mesh(mesh, min(batch_size, n)),
                 spacing=spacing,
                 classifier_apply=guide.apply if guide else None,
-                classifier_scale=classifier_scale,
+                classifier_scale=classifier_scale, decode=decode,
             )
             samples, compile_seconds, seconds = generate(
                 sample_fn, params, cond, key=key, n=n, batch_size=min(batch_size, n),

@@ -1,7 +1,8 @@
 """Which kind of run a config describes, decided here and nowhere else.
 
 ``KINDS`` is the table: the first row whose test a config passes names its kind (ControlNet,
-noise-conditioned classifier, distillation student, fine-tune, plain diffusion), and
+noise-conditioned classifier, autoencoder, latent diffusion, distillation student,
+fine-tune, plain diffusion), and
 ``kind_of`` hands back that kind's object. Each kind answers the same questions
 (``RunKind``): how to resolve and check the config, and which model, loss, optimizer,
 training data, initial state and preview its run has. The train loop and the sampling code
@@ -21,7 +22,15 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments.runs import builders, classifier, controlnet, finetune, training_data
+from experiments.runs import (
+    autoencoder,
+    builders,
+    classifier,
+    controlnet,
+    finetune,
+    latent,
+    training_data,
+)
 from experiments.runs.preview import SamplePreview
 from experiments.runs.validation import validate_config
 from jaxdiff import losses, schedules
@@ -117,6 +126,45 @@ class Classifier(Diffusion):
 
 
 @dataclasses.dataclass(frozen=True)
+class Autoencoder(Diffusion):
+    """The autoencoder of latent diffusion (experiments/runs/autoencoder.py): reconstruction
+    + KL loss; its preview is reconstructions of held-out images and their error."""
+
+    name = "autoencoder"
+
+    def validate(self, config, *, num_devices):
+        super().validate(config, num_devices=num_devices)
+        autoencoder.validate(config)
+
+    def build_model(self, config, workdir=None, *, for_training=False):
+        return autoencoder.build_model(config)
+
+    def build_loss(self, config, model, schedule):
+        return autoencoder.build_loss(config, model)
+
+    def preview(self, config, model, schedule, workdir, key, mesh):
+        return autoencoder.ReconstructionPreview(config, model, workdir)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentDiffusion(Diffusion):
+    """A diffusion model on an autoencoder run's cached latents (experiments/runs/latent.py);
+    previews are decoded sample grids."""
+
+    name = "latent"
+
+    def resolve(self, config):
+        return latent.resolve(config)
+
+    def build_data(self, config, *, start_batch=0):
+        return latent.build_data(config, start_batch=start_batch)
+
+    def preview(self, config, model, schedule, workdir, key, mesh):
+        return SamplePreview(config, model, schedule, workdir, key, mesh,
+                             decode=latent.decoder(config))
+
+
+@dataclasses.dataclass(frozen=True)
 class ControlNet(Diffusion):
     """A ControlNet over a frozen base UNet (experiments/runs/controlnet.py): hinted data and
     loss; previews show held-out hints above their samples."""
@@ -197,6 +245,8 @@ def is_finetune(config: ml_collections.ConfigDict) -> bool:
 KINDS: tuple[tuple[Callable[[ml_collections.ConfigDict], bool], type[Diffusion]], ...] = (
     (controlnet.enabled, ControlNet),
     (classifier.is_classifier, Classifier),
+    (autoencoder.is_autoencoder, Autoencoder),
+    (latent.is_latent, LatentDiffusion),
     (is_student, Student),
     (is_finetune, FineTune),
     (lambda config: True, Diffusion),

@@ -17,10 +17,12 @@ class SamplePreview:
     """A grid of samples from the EMA params: one row per class (with the config's CFG
     scale) for a conditional model. The same noise every time, so grids compare across
     steps. ``cond_and_show(num, ncol) -> (cond, show)`` replaces the grid's conditions and
-    what is drawn of its images (a ControlNet's hints above the samples)."""
+    what is drawn of its images (a ControlNet's hints above the samples); ``decode`` turns a
+    latent run's samples into images."""
 
     def __init__(self, config, model, schedule, workdir, key, mesh, *,
-                 cond_and_show: Callable[[int, int], tuple[Any, Callable]] | None = None):
+                 cond_and_show: Callable[[int, int], tuple[Any, Callable]] | None = None,
+                 decode: Callable[[Any], Any] | None = None):
         s = config.sample
         self.cond, rows = conds.grid_conds(model, per_row=int(s.num))
         num = int(s.num) * rows if rows else int(s.num)
@@ -40,6 +42,7 @@ class SamplePreview:
             shape=builders.image_shape(config, batch=num),
             spacing=s.get("spacing"),
             mesh=builders.batch_mesh(mesh, num),
+            decode=decode,
         )
         self.key = key
         self.dir = workdir / "samples"

@@ -33,6 +33,7 @@ def make_sample_fn(
     variance: str | None = None,
     classifier_apply: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None,
     classifier_scale: float = 0.0,
+    decode: Callable[[jax.Array], jax.Array] | None = None,
 ) -> Callable[..., tuple[jax.Array, jax.Array | None]]:
     """``sample(params, key, cond, classifier_params=None) -> (images (B,H,W,C) in [-1,1],
     trajectory)``, jitted.
@@ -45,7 +46,13 @@ def make_sample_fn(
     ``classifier_apply(classifier_params, x_t, t) -> logits`` and ``classifier_scale`` > 0,
     classifier guidance toward the int labels ``cond`` wraps the (CFG-guided) denoiser; an
     unconditional model is then called without the labels.
+
+    ``decode(latents) -> images`` (a latent run's autoencoder, experiments/runs/latent.py)
+    turns the samples and the trajectory's frames into images; x0 is then not clipped
+    unless ``clip_x0`` says so (latents are not in [-1, 1]).
     """
+    if decode is not None and clip_x0 is None:
+        clip_x0 = False
     num_classes, _ = cond_spec(model)
     sample_fn = getattr(samplers, sampler)
     # ddpm and ddpm_no_noise walk all T steps; ddim strides over ``steps`` of them; the
@@ -82,6 +89,9 @@ def make_sample_fn(
                 scale=classifier_scale, prediction=prediction,
             )
         images, trajectory = sample_fn(denoise_fn, schedule, key, shape, cond=cond, **options)
+        if decode is not None:
+            images = decode(images)
+            trajectory = None if trajectory is None else jax.lax.map(decode, trajectory)
         return jnp.clip(images, -1.0, 1.0), trajectory
 
     return xla_options.jit(run)

@@ -26,12 +26,15 @@ from experiments.runs import (
     distillation,
     finetune,
     kinds,
+    latent,
+    pipeline_sampling,
     restore,
     sampler_assembly,
     validation,
 )
 from experiments.runtime.errors import ConfigError
 from jaxdiff import distributed, viz
+from jaxdiff import pretrained as jd_pretrained
 from jaxdiff import train as jd_train
 
 GIF_FRAMES = 40
@@ -146,6 +149,10 @@ def sample(
     Returns {'images': uint8 (N, H, W, C), 'grid', 'gif', 'npz': paths, 'seconds': float,
     and 'compare': path when asked}.
     """
+    if pretrained and jd_pretrained.is_dit_pipeline(pretrained):  # latent DiT + autoencoder
+        return pipeline_sampling.sample_pipeline(
+            pretrained, sampler=sampler, steps=steps, eta=eta, guidance_scale=guidance_scale,
+            labels=labels, num=num, seed=seed, out=out)
     run = load_run(workdir, pretrained=pretrained, steps=steps)
     config = run.config
     o = resolve_options(config, sampler=sampler, steps=run.steps, eta=eta,
@@ -164,6 +171,7 @@ def sample(
     batch = o.num if cond is None else jax.tree.leaves(cond)[0].shape[0]
     mesh = jd_train.make_mesh()
     walked = schedule.num_timesteps if o.sampler in validation.WALKS_ALL_STEPS else o.steps
+    decode = latent.decoder(config)  # a latent run's samples are decoded to images
 
     def make(name: str, keep_every: int, net: Any = model):
         s = config.sample
@@ -174,6 +182,7 @@ def sample(
             mesh=builders.batch_mesh(mesh, batch), spacing=s.get("spacing"),
             clip_x0=s.get("clip_x0"), variance=s.get("variance"),
             classifier_apply=guide.apply if guide else None, classifier_scale=classifier_scale,
+            decode=decode,
         )
 
     sample_fn = make(o.sampler, max(1, walked // GIF_FRAMES))

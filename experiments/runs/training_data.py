@@ -11,13 +11,14 @@ from experiments.runtime.errors import ConfigError
 from jaxdiff import data, sources
 
 
-def build_data(config: ml_collections.ConfigDict, *, start_batch: int = 0) -> Any:
+def build_data(config: ml_collections.ConfigDict, *, start_batch: int = 0,
+               shuffle: bool = True) -> Any:
     """The checkpointable grain iterator of training batches described by ``config.data``.
 
     Images are resized to ``data.resize_to`` and zero-padded to ``data.image_size`` when
     ``resize_to`` is set (digits: 8 -> 12 -> 16, a black border like MNIST's), else resized
     to ``data.image_size``. The first batch is global batch ``start_batch`` (a resumed run's
-    step).
+    step). ``shuffle=False`` keeps the data set's order (held-out previews).
     """
     d = config.data
     source = sources.make_source(d)
@@ -37,4 +38,5 @@ def build_data(config: ml_collections.ConfigDict, *, start_batch: int = 0) -> An
         pad_to=int(d.image_size) if resize_to else None,
         worker_count=int(d.get("worker_count", 0)),
         start_batch=start_batch,
+        shuffle=shuffle,
     )

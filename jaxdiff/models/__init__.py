@@ -13,7 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-MODEL_NAMES = ("unet", "context_unet", "basic_unet", "dit", "classifier")
+MODEL_NAMES = ("unet", "context_unet", "basic_unet", "dit", "classifier", "autoencoder")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -40,6 +40,8 @@ def build(model_config: Mapping[str, Any]) -> nn.Module:
         from jaxdiff.models.dit import DiT as cls
     elif name == "classifier":  # the noise-conditioned classifier of classifier guidance
         from jaxdiff.models.classifier import Classifier as cls
+    elif name == "autoencoder":  # the KL autoencoder of latent diffusion
+        from jaxdiff.models.autoencoder import AutoencoderKL as cls
     else:
         raise ValueError(f"model.name must be one of {MODEL_NAMES}, got {name!r}")
     known = set(cls.__dataclass_fields__) - {"parent", "name"}

@@ -10,7 +10,11 @@ model therefore outputs exactly zero at initialisation.
 
 Mirrors facebookresearch/DiT ``models.py`` (initialisers included), except that the class
 label is never dropped here (classifier-free-guidance dropout happens in the loss, see
-``jaxdiff.conditioning.drop_cond``) and there is no ``learn_sigma`` output half.
+``jaxdiff.conditioning.drop_cond``). With ``learn_sigma`` the output has a second half of
+channels, the interpolation weights v of the learned variance (Nichol & Dhariwal 2021,
+eq. 15), after the eps half. ``freq_shift`` and ``mlp_norm_eps`` take diffusers'
+``DiTTransformer2DModel`` values (1 and 1e-5) when its weights are loaded
+(``jaxdiff.pretrained.load_diffusers_dit``).
 
 Presets (table 1): ``DiT(**dit_config("S", patch_size=2), num_classes=10)`` is DiT-S/2.
 """
@@ -121,9 +125,9 @@ def _dense_kwargs(dtype: Any) -> dict[str, Any]:
                 dot_general=matmul.dot_general)
 
 
-def _layer_norm() -> nn.LayerNorm:
+def _layer_norm(eps: float = 1e-6) -> nn.LayerNorm:
     # No affine parameters: adaLN supplies scale and shift. float32 for stability under bf16.
-    return nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=jnp.float32)
+    return nn.LayerNorm(epsilon=eps, use_bias=False, use_scale=False, dtype=jnp.float32)
 
 
 class DiTBlock(nn.Module):
@@ -137,6 +141,7 @@ class DiTBlock(nn.Module):
     num_heads: int
     mlp_ratio: float = 4.0
     dtype: Any = jnp.float32
+    mlp_norm_eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
@@ -156,7 +161,7 @@ class DiTBlock(nn.Module):
         attn = nn.Dense(d, kernel_init=_xavier, name="proj", **dense)(attn)
         x = x + gate_msa[:, None, :] * attn.astype(jnp.float32)
 
-        h = _modulate(_layer_norm()(x), shift_mlp, scale_mlp)
+        h = _modulate(_layer_norm(self.mlp_norm_eps)(x), shift_mlp, scale_mlp)
         h = nn.Dense(int(d * self.mlp_ratio), kernel_init=_xavier, name="fc1", **dense)(h)
         h = nn.gelu(h, approximate=True)
         h = nn.Dense(d, kernel_init=_xavier, name="fc2", **dense)(h)
@@ -174,7 +179,11 @@ class DiT(nn.Module):
       context_dim: size D of a float context vector (B, D) added to the conditioning vector
         through a Dense layer, or None for no context. Zeros is the null context.
       out_channels: output channels; None means the input's.
+      learn_sigma: twice ``out_channels`` outputs, the learned-variance half last.
       frequency_embedding_size: size of the sinusoidal timestep features fed to the t-MLP.
+      freq_shift: the sinusoid's frequencies are 10000^(-k / (half - freq_shift)): 0 in the
+        DiT paper's code, 1 in diffusers' DiTTransformer2DModel.
+      mlp_norm_eps: epsilon of the LayerNorm before each MLP (1e-6; diffusers' 1e-5).
       dtype: computation dtype (params are float32; LayerNorm and softmax run in float32;
         the output is float32).
       remat: rematerialise each block's activations in the backward pass (less memory, about
@@ -192,6 +201,9 @@ class DiT(nn.Module):
     frequency_embedding_size: int = 256
     dtype: Any = jnp.float32
     remat: bool = False
+    learn_sigma: bool = False
+    freq_shift: float = 0.0
+    mlp_norm_eps: float = 1e-6
 
     @nn.compact
     def __call__(
@@ -214,7 +226,7 @@ class DiT(nn.Module):
                 f"DiT hidden_size={self.hidden_size} must be divisible by num_heads="
                 f"{self.num_heads} and by 4 (for the 2-D sin-cos position embedding)"
             )
-        out_channels = self.out_channels or channels
+        out_channels = (self.out_channels or channels) * (2 if self.learn_sigma else 1)
         dense = _dense_kwargs(self.dtype)
 
         # Patchify (sec. 3.2): a conv with kernel = stride = p is a Dense layer per patch.
@@ -232,7 +244,8 @@ class DiT(nn.Module):
         block = nn.remat(DiTBlock) if self.remat else DiTBlock
         for i in range(self.depth):
             tokens = block(
-                self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}"
+                self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.mlp_norm_eps,
+                name=f"blocks_{i}",
             )(tokens, c)
 
         # Final layer: adaLN (shift, scale) then a zero-initialised linear head, so the
@@ -261,7 +274,8 @@ class DiT(nn.Module):
         dense = _dense_kwargs(self.dtype)
 
         t_freq = timestep_embedding(
-            jnp.asarray(t, jnp.float32), self.frequency_embedding_size
+            jnp.asarray(t, jnp.float32), self.frequency_embedding_size,
+            freq_shift=self.freq_shift,
         )  # DiT's [cos, sin] order, max period 10000
         c = nn.Dense(self.hidden_size, kernel_init=_normal_002, name="t_mlp_0", **dense)(t_freq)
         c = nn.Dense(self.hidden_size, kernel_init=_normal_002, name="t_mlp_1", **dense)(

@@ -164,6 +164,13 @@ class TimestepEmbedding(nn.Module):
         return _dense(self.features, self.dtype, "linear_2")(nn.silu(x))
 
 
+def _time_proj(block: nn.Module, temb: jax.Array, act) -> jax.Array:
+    """``time_emb_proj(act(temb))`` as (B, 1, 1, C or 2C), called inside ``block``."""
+    c = block.out_channels
+    proj = _dense(2 * c if block.scale_shift else c, block.dtype, "time_emb_proj")
+    return proj(act(temb))[:, None, None, :]
+
+
 class ResnetBlock(nn.Module):
     """Pre-norm residual block with a time embedding (DDPM appendix B; diffusers'
     ResnetBlock2D).
@@ -175,7 +182,8 @@ class ResnetBlock(nn.Module):
     of Dhariwal & Nichol 2021, "Diffusion Models Beat GANs", sec. 3.1);
     ``h = conv2(dropout(act(h)))``; output ``(shortcut(x) + h) / output_scale_factor`` where
     the shortcut is a 1x1 ``conv_shortcut`` only when the channel count changes.
-    x: (B, H, W, C_in), temb: (B, E) -> (B, H, W, out_channels). ``train`` may be passed
+    x: (B, H, W, C_in), temb: (B, E) or None (no time embedding and no ``time_emb_proj``, an
+    autoencoder's block) -> (B, H, W, out_channels). ``train`` may be passed
     positionally so that ``nn.remat(ResnetBlock, static_argnums=(3,))`` works.
     """
 
@@ -194,13 +202,14 @@ class ResnetBlock(nn.Module):
         c = self.out_channels
         h = act(_group_norm(self.num_groups, self.eps, self.dtype, "norm1")(x))
         h = _conv(c, 3, self.dtype, "conv1")(h)
-        temb = _dense(2 * c if self.scale_shift else c, self.dtype, "time_emb_proj")(act(temb))
-        temb = temb[:, None, None, :]
         norm2 = _group_norm(self.num_groups, self.eps, self.dtype, "norm2")
-        if self.scale_shift:
+        if temb is None:  # no time embedding (an autoencoder's ResnetBlock2D): no time_emb_proj
+            h = norm2(h)
+        elif self.scale_shift:
+            temb = _time_proj(self, temb, act)
             h = norm2(h) * (1 + temb[..., :c]) + temb[..., c:]
         else:
-            h = norm2(h + temb)
+            h = norm2(h + _time_proj(self, temb, act))
         h = nn.Dropout(self.dropout)(act(h), deterministic=not train)
         h = _conv(c, 3, self.dtype, "conv2")(h)
         if x.shape[-1] != c:

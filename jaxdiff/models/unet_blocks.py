@@ -1,5 +1,6 @@
 """The UNet's blocks, diffusers' DownBlock2D / AttnDownBlock2D, UNetMidBlock2D and
-UpBlock2D / AttnUpBlock2D (the DDPM UNet's levels, Ho et al. 2020, appendix B), with their
+UpBlock2D / AttnUpBlock2D (the DDPM UNet's levels, Ho et al. 2020, appendix B), and the
+autoencoder's UpDecoderBlock2D (DownEncoderBlock2D is DownBlock2D without attention), with their
 parameter names (``resnets_j``, ``attentions_j``, ``downsamplers_0``, ``upsamplers_0``)."""
 
 from __future__ import annotations
@@ -132,6 +133,30 @@ class UpBlock2D(nn.Module):
             h = _resnet(self, self.out_channels, j)(h, temb, train)
             if self.attention:
                 h = _attention(self, j)(h)
+        if self.add_upsample:
+            h = Upsample(self.dtype, name="upsamplers_0")(h)
+        return h
+
+
+class UpDecoderBlock2D(nn.Module):
+    """An autoencoder decoder's level: ``num_layers`` resnets without time embedding and
+    without skips, then an optional nearest+conv upsampler. diffusers' UpDecoderBlock2D."""
+
+    out_channels: int
+    num_layers: int
+    add_upsample: bool
+    num_groups: int = 32
+    eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+    act_fn: str = "silu"
+    resnet_time_scale_shift: str = "default"
+    dropout: float = 0.0
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, h: jax.Array, *, train: bool = False) -> jax.Array:
+        for j in range(self.num_layers):
+            h = _resnet(self, self.out_channels, j)(h, None, train)
         if self.add_upsample:
             h = Upsample(self.dtype, name="upsamplers_0")(h)
         return h

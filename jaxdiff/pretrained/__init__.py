@@ -11,11 +11,36 @@ conversion is renaming and transposing (``jaxdiff.pretrained.unet2d``).
 path)``; ``load_diffusers_pipeline(path) -> Pretrained`` (model, params, schedule,
 prediction, sampler options).
 
+``load_diffusers_autoencoder(path) -> (model, params)`` and ``save_diffusers_autoencoder``
+do the same for ``AutoencoderKL`` folders (``autoencoder``).
+
+``load_diffusers_dit(path) -> (model, params)`` and ``save_diffusers_dit`` read and write
+``DiTTransformer2DModel`` folders (``dit``); ``load_dit_pipeline(path) -> LatentPipeline``
+reads a ``DiTPipeline`` folder (``dit_pipeline``).
+
 ``unet2d`` maps UNet2DModel's config and state dict onto jaxdiff's ``UNet``; ``folders``
 reads and writes UNet folders; ``pipeline`` reads and writes pipeline folders and their
 scheduler configs.
 """
 
+from jaxdiff.pretrained.autoencoder import (
+    autoencoder_kwargs,
+    diffusers_autoencoder_config,
+    load_diffusers_autoencoder,
+    save_diffusers_autoencoder,
+)
+from jaxdiff.pretrained.dit import (
+    diffusers_dit_config,
+    dit_kwargs,
+    load_diffusers_dit,
+    save_diffusers_dit,
+)
+from jaxdiff.pretrained.dit_pipeline import (
+    GET_A_DIT_PIPELINE,
+    LatentPipeline,
+    is_dit_pipeline,
+    load_dit_pipeline,
+)
 from jaxdiff.pretrained.folders import (
     CONFIG_NAME,
     GET_A_PIPELINE,
@@ -45,6 +70,18 @@ from jaxdiff.pretrained.unet2d import (
 )
 
 __all__ = [
+    "GET_A_DIT_PIPELINE",
+    "LatentPipeline",
+    "diffusers_dit_config",
+    "dit_kwargs",
+    "is_dit_pipeline",
+    "load_diffusers_dit",
+    "load_dit_pipeline",
+    "save_diffusers_dit",
+    "autoencoder_kwargs",
+    "diffusers_autoencoder_config",
+    "load_diffusers_autoencoder",
+    "save_diffusers_autoencoder",
     "CONFIG_NAME",
     "GET_A_PIPELINE",
     "NULL_LABEL_KEY",

@@ -49,28 +49,48 @@ def load_diffusers_unet(path: str | pathlib.Path) -> tuple[UNet, dict]:
     ``model.apply({"params": params}, x, t)`` (plus int labels when the config has
     ``num_class_embeds``) gives UNet2DModel's ``sample`` for the same input, in NHWC.
     """
-    from safetensors.numpy import load_file
-
     folder = _unet_dir(pathlib.Path(path))
     config = load_json(folder / CONFIG_NAME)
     kwargs, in_channels = unet_kwargs(config)
     model = UNet(**kwargs)
+    size = 2 ** (len(model.block_out_channels) - 1)
+    x = jax.ShapeDtypeStruct((1, size, size, in_channels), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    params = params_from_state_dict(
+        read_state_dict(folder, "UNet2DModel"), expected=expected_params(model, x, t),
+        add_null_row=model.num_classes is not None and not config.get(NULL_LABEL_KEY, False),
+    )
+    return model, params
+
+
+def read_state_dict(folder: pathlib.Path, class_name: str) -> dict:
+    """The PyTorch state dict (name -> numpy array) of a diffusers model folder, read with
+    safetensors; FileNotFoundError says how to re-save a ``.bin`` folder."""
+    from safetensors.numpy import load_file
+
     candidates = [folder / WEIGHTS_NAME, folder / WEIGHTS_NAME.replace(".safe", ".fp16.safe")]
     weights = next((p for p in candidates if p.exists()), None)
     if weights is None:
         raise FileNotFoundError(
             f"{folder} has no {WEIGHTS_NAME}; jaxdiff reads safetensors only (re-save a "
-            "PyTorch .bin folder with UNet2DModel.from_pretrained(dir).save_pretrained(dir))"
+            f"PyTorch .bin folder with {class_name}.from_pretrained(dir).save_pretrained(dir))"
         )
-    size = 2 ** (len(model.block_out_channels) - 1)
-    x = jax.ShapeDtypeStruct((1, size, size, in_channels), jnp.float32)
-    t = jax.ShapeDtypeStruct((1,), jnp.int32)
-    expected = jax.eval_shape(model.init, jax.random.key(0), x, t)["params"]
-    params = params_from_state_dict(
-        load_file(str(weights)), expected=expected,
-        add_null_row=model.num_classes is not None and not config.get(NULL_LABEL_KEY, False),
-    )
-    return model, params
+    return load_file(str(weights))
+
+
+def expected_params(model: Any, *args: jax.ShapeDtypeStruct) -> Any:
+    """The shapes of ``model.init(key, *args)["params"]``, without computing anything."""
+    return jax.eval_shape(model.init, jax.random.key(0), *args)["params"]
+
+
+def write_folder(folder: pathlib.Path, config: dict, state_dict: dict) -> pathlib.Path:
+    """Writes a diffusers model folder: ``config.json`` and the safetensors state dict."""
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    save_file(state_dict, str(folder / WEIGHTS_NAME), {"format": "pt"})
+    return folder
 
 
 def save_diffusers_unet(
@@ -79,14 +99,8 @@ def save_diffusers_unet(
     """Writes ``params`` of ``model`` as a UNet2DModel folder (``config.json`` +
     ``diffusion_pytorch_model.safetensors``) that ``UNet2DModel.from_pretrained(path)`` loads
     and that gives the same outputs. Returns the folder."""
-    from safetensors.numpy import save_file
-
     if not isinstance(model, UNet):
         raise ValueError(f"only jaxdiff's UNet has a UNet2DModel twin, got {type(model).__name__}")
     in_channels = int(params["conv_in"]["kernel"].shape[2])
-    folder = pathlib.Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
     config = diffusers_config(model, in_channels=in_channels, sample_size=sample_size)
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    save_file(state_dict_from_params(params), str(folder / WEIGHTS_NAME), {"format": "pt"})
-    return folder
+    return write_folder(pathlib.Path(path), config, state_dict_from_params(params))

@@ -36,12 +36,14 @@ from jaxdiff.samplers.ddim import ddim, ddim_step
 from jaxdiff.samplers.ddpm import (
     ddpm,
     ddpm_no_noise,
+    ddpm_step,
     eps_mean,
     posterior_mean,
     posterior_variance,
 )
 from jaxdiff.samplers.dpm_solver import dpm_solver_pp
 from jaxdiff.samplers.grids import SPACINGS, Spacing, timestep_grid
+from jaxdiff.samplers.learned_variance import learned_range_log_variance, split_learned
 
 __all__ = [
     "SPACINGS",
@@ -54,10 +56,13 @@ __all__ = [
     "ddim_step",
     "ddpm",
     "ddpm_no_noise",
+    "ddpm_step",
     "dpm_solver",
     "dpm_solver_pp",
     "eps_mean",
+    "learned_range_log_variance",
     "posterior_mean",
     "posterior_variance",
+    "split_learned",
     "timestep_grid",
 ]

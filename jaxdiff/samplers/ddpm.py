@@ -20,6 +20,7 @@ from jaxdiff.samplers._core import (
     step_noise,
     tables,
 )
+from jaxdiff.samplers.learned_variance import learned_range_log_variance, split_learned
 from jaxdiff.schedules import Schedule
 
 
@@ -56,6 +57,36 @@ def posterior_variance(schedule: Schedule, t: jax.Array) -> jax.Array:
     return (1.0 - ab_prev) * beta / ((1.0 - ab_prev) + ab_prev * beta)
 
 
+VARIANCES = ("beta", "posterior", "learned_range")
+
+
+def ddpm_mean(schedule: Schedule, x_t: jax.Array, t: jax.Array, output: jax.Array, *,
+              prediction: schedules.Prediction, clip_x0: bool) -> jax.Array:
+    """mu(x_t) from a model output: eq. 7 on the clipped x0_hat, or eq. 11 unclipped."""
+    t_batch = jnp.full((x_t.shape[0],), t, jnp.int32)
+    x0, eps = schedules.to_x0_eps(schedule, x_t, t_batch, output, prediction)
+    if clip_x0:
+        return posterior_mean(schedule, x_t, t, jnp.clip(x0, -1.0, 1.0))
+    return eps_mean(schedule, x_t, t, eps)
+
+
+def ddpm_step(schedule: Schedule, x_t: jax.Array, t: jax.Array, output: jax.Array,
+              noise: jax.Array, *, prediction: schedules.Prediction = "eps",
+              clip_x0: bool = True, variance: str = "beta") -> jax.Array:
+    """One step of alg. 2 at the scalar index ``t``: x_{t-1} = mu + sigma_t z (z = ``noise``,
+    dropped at t = 0). ``variance`` "beta", "posterior" or "learned_range" (then ``output``
+    has 2C channels, the eps/x0/v half first)."""
+    if variance == "learned_range":
+        output, v = split_learned(output)
+        sigma = jnp.exp(0.5 * learned_range_log_variance(schedule, t, v))
+    else:
+        var = schedule.betas[t] if variance == "beta" else posterior_variance(schedule, t)
+        sigma = jnp.sqrt(var)
+    mean = ddpm_mean(schedule, x_t, t, output, prediction=prediction, clip_x0=clip_x0)
+    # Alg. 2: z = 0 at the last step (t = 0 here, DDPM's t = 1).
+    return mean + jnp.where(t > 0, sigma, 0.0).astype(x_t.dtype) * noise
+
+
 def ddpm(
     denoise_fn: DenoiseFn,
     schedule: Schedule,
@@ -66,7 +97,7 @@ def ddpm(
     prediction: schedules.Prediction = "eps",
     keep_every: int = 0,
     clip_x0: bool = True,
-    variance: Literal["beta", "posterior"] = "beta",
+    variance: Literal["beta", "posterior", "learned_range"] = "beta",
     initial_noise: jax.Array | None = None,
     mesh: Mesh | None = None,
 ) -> Result:
@@ -74,7 +105,9 @@ def ddpm(
 
     x_{t-1} = mu(x_t) + sigma_t z, z ~ N(0, I), and z = 0 at the last step. sigma_t^2 is
     beta_t (``variance="beta"``, the seed's ``denoise_add_noise``) or beta_tilde_t
-    (``"posterior"``, DDPM sec. 3.2); the paper reports similar samples for both.
+    (``"posterior"``, DDPM sec. 3.2); the paper reports similar samples for both. With
+    ``"learned_range"`` the model outputs 2C channels and sigma_t^2 is Improved DDPM's
+    learned interpolation between the two (``learned_variance``, eq. 15).
 
     With ``clip_x0=False`` mu is eq. 11 from the predicted eps, exactly the seed's sampler.
     With ``clip_x0=True`` (default) x0_hat is clipped to [-1, 1] and mu is the posterior
@@ -156,27 +189,20 @@ def _ddpm(
     add_noise,
 ) -> Result:
     schedules.check_prediction(prediction)
-    if variance not in ("beta", "posterior"):
-        raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
     init_key, step_key = jax.random.split(key)
     x_init = initial(init_key, shape, initial_noise)
     T = schedule.num_timesteps
 
     def step(x, t):
-        t_batch = jnp.full((x.shape[0],), t, jnp.int32)
-        x0, eps = schedules.to_x0_eps(
-            schedule, x, t_batch, denoise_fn(x, t_batch, cond), prediction
-        )
-        if clip_x0:
-            mean = posterior_mean(schedule, x, t, jnp.clip(x0, -1.0, 1.0))
-        else:
-            mean = eps_mean(schedule, x, t, eps)
+        output = denoise_fn(x, jnp.full((x.shape[0],), t, jnp.int32), cond)
         if not add_noise:
-            return mean
-        var = schedule.betas[t] if variance == "beta" else posterior_variance(schedule, t)
-        # Alg. 2: z = 0 at the last step (t = 0 here, DDPM's t = 1).
-        sigma = jnp.where(t > 0, jnp.sqrt(var), 0.0).astype(x.dtype)
-        return mean + sigma * step_noise(step_key, t, x)
+            if variance == "learned_range":
+                output = split_learned(output)[0]
+            return ddpm_mean(schedule, x, t, output, prediction=prediction, clip_x0=clip_x0)
+        return ddpm_step(schedule, x, t, output, step_noise(step_key, t, x),
+                         prediction=prediction, clip_x0=clip_x0, variance=variance)
 
     timesteps = jnp.arange(T - 1, -1, -1, dtype=jnp.int32)
     return scan(step, x_init, timesteps, num_steps=T, keep_every=keep_every, mesh=mesh)
