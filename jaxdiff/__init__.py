@@ -17,6 +17,8 @@ import importlib
 from jaxdiff import (
     conditioning,
     distillation,
+    edm,
+    flow_matching,
     guidance,
     losses,
     models,
@@ -36,6 +38,8 @@ __all__ = [
     "conditioning",
     "distillation",
     "dpm_solver",
+    "edm",
+    "flow_matching",
     "guidance",
     "losses",
     "models",

@@ -174,7 +174,7 @@ def evaluate(
                 shape=builders.image_shape(config, batch=min(batch_size, n)),
                 spacing=spacing,
                 classifier_apply=guide.apply if guide else None,
-                classifier_scale=classifier_scale,
+                classifier_scale=classifier_scale, config=config,
             )
             samples, compile_seconds, seconds = generate(
                 sample_fn, params, cond, key=key, n=n, batch_size=min(batch_size, n),

@@ -40,6 +40,7 @@ class SamplePreview:
             shape=builders.image_shape(config, batch=num),
             spacing=s.get("spacing"),
             mesh=builders.batch_mesh(mesh, num),
+            config=config,
         )
         self.key = key
         self.dir = workdir / "samples"

@@ -25,8 +25,10 @@ Callers jit with params as an argument so they are not baked in as constants:
 
 Layout: ``_core`` (the scan, initial noise, batch constraint, step noise, table lookups),
 ``grids`` (``timestep_grid``), and one module per sampler: ``ddpm`` (with the DDPM
-single-step algebra), ``ddim`` (with ``ddim_step``), ``dpm_solver``, ``corruption``. The
-public API is ``jaxdiff.samplers.<name>``.
+single-step algebra), ``ddim`` (with ``ddim_step``), ``dpm_solver``, ``corruption``;
+``flow`` (``flow_euler``, ``flow_heun``: ``flow_euler(denoise_fn, key, shape, *, ...)``, no
+schedule, the model's output is a velocity) and ``edm_heun`` (its output is EDM's D(x;
+sigma)), the continuous-time samplers. The public API is ``jaxdiff.samplers.<name>``.
 """
 
 from jaxdiff.samplers import dpm_solver
@@ -41,10 +43,13 @@ from jaxdiff.samplers.ddpm import (
     posterior_variance,
 )
 from jaxdiff.samplers.dpm_solver import dpm_solver_pp
+from jaxdiff.samplers.edm_heun import edm_heun
+from jaxdiff.samplers.flow import FLOW_GRIDS, flow_euler, flow_grid, flow_heun, shift_time
 from jaxdiff.samplers.grids import SPACINGS, Spacing, timestep_grid
 
 __all__ = [
     "SPACINGS",
+    "FLOW_GRIDS",
     "DenoiseFn",
     "Result",
     "Spacing",
@@ -56,8 +61,13 @@ __all__ = [
     "ddpm_no_noise",
     "dpm_solver",
     "dpm_solver_pp",
+    "edm_heun",
+    "flow_euler",
+    "flow_grid",
+    "flow_heun",
     "eps_mean",
     "posterior_mean",
     "posterior_variance",
+    "shift_time",
     "timestep_grid",
 ]
