@@ -69,7 +69,10 @@ def edm_heun(
         i, sigma, sigma_next, gamma_i = inputs
         sigma_hat = sigma * (1.0 + gamma_i)
         if s_churn > 0:  # static: alg. 1 draws no noise
-            x = x + jnp.sqrt(sigma_hat**2 - sigma**2) * s_noise * step_noise(step_key, i, x)
+            # sqrt(sigma_hat^2 - sigma^2) written without the cancellation (a fused
+            # multiply-add made it sqrt of a tiny negative, NaN, where gamma_i = 0).
+            added = sigma * jnp.sqrt(gamma_i * (2.0 + gamma_i))
+            x = x + added * s_noise * step_noise(step_key, i, x)
         d = slope(x, sigma_hat)
         x_next = x + (sigma_next - sigma_hat) * d
 
