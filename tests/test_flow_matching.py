@@ -244,6 +244,7 @@ MESH_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # ten compiles in a fresh process: ~35 s on 2 idle cores
 def test_losses_and_samplers_on_a_4_device_mesh():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
