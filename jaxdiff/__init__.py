@@ -18,6 +18,8 @@ import importlib
 from jaxdiff import (
     conditioning,
     distillation,
+    edm,
+    flow_matching,
     guidance,
     losses,
     models,
@@ -38,6 +40,8 @@ __all__ = [
     "conditioning",
     "distillation",
     "dpm_solver",
+    "edm",
+    "flow_matching",
     "guidance",
     "losses",
     "models",

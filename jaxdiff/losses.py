@@ -19,13 +19,17 @@ A batch is a dict ``{'image': (B, H, W, C) float32 in [-1, 1]}`` plus optionally
   noisy images x_t ~ q(x_t | x_0), the guiding classifier of Dhariwal & Nichol 2021, "Diffusion
   Models Beat GANs", sec. 4 (used by ``guidance.classifier_guidance``).
 
+* ``make_flow_matching_loss`` (``jaxdiff.flow_matching``): the velocity loss of rectified
+  flow / flow matching on x_t = (1 - t) x0 + t eps (Lipman et al. 2023; Esser et al. 2024).
+* ``make_edm_loss`` (``jaxdiff.edm``): EDM's preconditioned denoiser loss (Karras et al.
+  2022, eq. 8 with table 1).
+
 Distillation (Salimans & Ho 2022, alg. 2) follows the same ``loss_fn(params, batch, key)``
 contract; it closes over a frozen teacher ``apply``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Literal
 
 import jax
@@ -33,31 +37,22 @@ import jax.numpy as jnp
 import optax
 
 from jaxdiff import conditioning, schedules
+from jaxdiff.batches import (
+    COND_KEYS,
+    ApplyFn,
+    Batch,
+    LossFn,
+    Metrics,
+    batch_cond,
+    batch_image,
+    model_cond,
+)
+from jaxdiff.edm import make_edm_loss
+from jaxdiff.flow_matching import make_flow_matching_loss
 from jaxdiff.schedules import CORRUPTION_TIMESTEPS
 
-Batch = dict[str, jax.Array]
-Metrics = dict[str, jax.Array]
-LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, Metrics]]
-ApplyFn = Callable[..., jax.Array]
 LossWeighting = Literal["none", "min_snr"]
 LOSS_WEIGHTINGS = ("none", "min_snr")
-
-COND_KEYS = ("label", "context", "hint")
-
-
-def batch_cond(batch: Batch) -> conditioning.Cond:
-    """The model's condition from a batch dict.
-
-    Returns None (no 'label', 'context' or 'hint'), the bare 'label' (B,) or 'context'
-    (B, D) array when it is the only one, else a dict of the entries present. A 'hint' always
-    comes in a dict, since a bare float array would read as a context.
-    """
-    present = {k: batch[k] for k in COND_KEYS if k in batch}
-    if not present:
-        return None
-    if len(present) == 1 and "hint" not in present:
-        return next(iter(present.values()))
-    return present
 
 
 def make_denoising_loss(
@@ -192,22 +187,6 @@ def make_noisy_classifier_loss(apply_fn: ApplyFn, schedule: schedules.Schedule) 
         return loss, {"loss": loss, "accuracy": accuracy}
 
     return loss_fn
-
-
-def batch_image(batch: Batch) -> jax.Array:
-    """The batch's 'image' entry as float32 (B, H, W, C); a clear error without one."""
-    if "image" not in batch:
-        raise ValueError(
-            f"a batch must be a dict with an 'image' entry (B, H, W, C); got keys {sorted(batch)}"
-        )
-    return jnp.asarray(batch["image"], jnp.float32)
-
-
-def model_cond(batch: Batch, *, num_classes: int | None) -> conditioning.Cond:
-    """``batch_cond`` without the 'label' entry when the model takes no labels."""
-    if num_classes is None:
-        batch = {k: v for k, v in batch.items() if k != "label"}
-    return batch_cond(batch)
 
 
 def _loss_weights(

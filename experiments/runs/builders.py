@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from experiments.runs import formulations
 from experiments.runtime.errors import ConfigError
 from jaxdiff import losses, models, optim, schedules
 from jaxdiff import train as jd_train
@@ -75,6 +76,8 @@ def build_loss(
     if config.diffusion.loss == "noisy_classifier":
         return losses.make_noisy_classifier_loss(model.apply, schedule)
     num_classes, _ = cond_spec(model)
+    if formulations.is_continuous(config):
+        return formulations.build_loss(config, model, num_classes)
     return losses.make_denoising_loss(
         model.apply,
         schedule,

@@ -63,6 +63,11 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, A
             "python -m experiments.train --config configs/digits_v.py --workdir runs/digits_v)"
         )
     teacher_config = restore.load_run_config(d.teacher_workdir)
+    if teacher_config.diffusion.loss != "denoising":
+        raise ConfigError(
+            "progressive distillation takes a denoising (DDPM, v-prediction) teacher; "
+            f"{d.teacher_workdir} is a diffusion.loss={teacher_config.diffusion.loss!r} run"
+        )
     prediction = teacher_config.diffusion.prediction
     if prediction == "eps":
         raise ConfigError(

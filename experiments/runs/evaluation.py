@@ -186,7 +186,7 @@ def evaluate(
                 mesh=builders.batch_mesh(mesh, min(batch_size, n)),
                 spacing=spacing,
                 classifier_apply=guide.apply if guide else None,
-                classifier_scale=classifier_scale, decode=decode,
+                classifier_scale=classifier_scale, decode=decode, config=config,
             )
             samples, compile_seconds, seconds = generate(
                 sample_fn, params, cond, key=key, n=n, batch_size=min(batch_size, n),

@@ -31,7 +31,15 @@ import jax
 import numpy as np
 import tqdm
 
-from experiments.runs import builders, conds, evaluation, kinds, restore, sampler_assembly
+from experiments.runs import (
+    builders,
+    conds,
+    evaluation,
+    kinds,
+    latent,
+    restore,
+    sampler_assembly,
+)
 from experiments.runs.evaluation import default_sweep, real_images, sweep_settings
 from jaxdiff import distributed, fid, inception, precision_recall
 from jaxdiff import train as jd_train
@@ -152,7 +160,8 @@ def evaluate_inception(
                 eta=float(config.sample.eta), guidance_scale=scale,
                 prediction=config.diffusion.prediction,
                 shape=builders.image_shape(config, batch=batch),
-                mesh=builders.batch_mesh(mesh, batch), spacing=spacing)
+                mesh=builders.batch_mesh(mesh, batch), spacing=spacing,
+                decode=latent.decoder(config), config=config)
             first = None if cond is None else cond[:batch]
             compiled = sample_fn.lower(params, jax.random.key(seed), first, None).compile()
             fids, pr, sample_seconds, feature_seconds = [], [], 0.0, 0.0

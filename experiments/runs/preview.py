@@ -43,6 +43,7 @@ class SamplePreview:
             spacing=s.get("spacing"),
             mesh=builders.batch_mesh(mesh, num),
             decode=decode,
+            config=config,
         )
         self.key = key
         self.dir = workdir / "samples"

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from experiments.runs import formulations
 from experiments.runs.builders import cond_spec
 from experiments.runs.validation import STRIDED
 from jaxdiff import guidance, samplers, schedules, xla_options
@@ -34,6 +35,7 @@ def make_sample_fn(
     classifier_apply: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None,
     classifier_scale: float = 0.0,
     decode: Callable[[jax.Array], jax.Array] | None = None,
+    config: Any = None,
 ) -> Callable[..., tuple[jax.Array, jax.Array | None]]:
     """``sample(params, key, cond, classifier_params=None) -> (images (B,H,W,C) in [-1,1],
     trajectory)``, jitted.
@@ -50,11 +52,22 @@ def make_sample_fn(
     ``decode(latents) -> images`` (a latent run's autoencoder, experiments/runs/latent.py)
     turns the samples and the trajectory's frames into images; x0 is then not clipped
     unless ``clip_x0`` says so (latents are not in [-1, 1]).
+
+    The continuous-time samplers (flow_euler, flow_heun, edm_heun) need the run's ``config``
+    (``experiments.runs.formulations``): EDM's model is wrapped in its preconditioning.
     """
     if decode is not None and clip_x0 is None:
         clip_x0 = False
     num_classes, _ = cond_spec(model)
-    sample_fn = getattr(samplers, sampler)
+    continuous = sampler in formulations.CONTINUOUS_SAMPLERS
+    if continuous:
+        if config is None:
+            raise ValueError(f"sampler {sampler!r} needs the run's config")
+        call = formulations.sampler_call(config, sampler, steps=steps, shape=shape,
+                                         keep_every=keep_every, mesh=mesh)
+        sample_fn = None
+    else:
+        sample_fn = getattr(samplers, sampler)
     # ddpm and ddpm_no_noise walk all T steps; ddim strides over ``steps`` of them; the
     # corruption baseline's model predicts the clean image, whatever the config says.
     options: dict[str, Any] = {"keep_every": keep_every, "prediction": prediction, "mesh": mesh}
@@ -79,6 +92,8 @@ def make_sample_fn(
         def denoise_fn(x_t, t, c):
             return model.apply({"params": params}, x_t, t, None if drop_cond else c)
 
+        if continuous:
+            denoise_fn = formulations.wrap_model(config, denoise_fn)
         if guidance_scale > 0:
             denoise_fn = guidance.cfg(
                 denoise_fn, guidance_scale=guidance_scale, num_classes=num_classes
@@ -88,7 +103,10 @@ def make_sample_fn(
                 denoise_fn, functools.partial(classifier_apply, classifier_params), schedule,
                 scale=classifier_scale, prediction=prediction,
             )
-        images, trajectory = sample_fn(denoise_fn, schedule, key, shape, cond=cond, **options)
+        if continuous:
+            images, trajectory = call(denoise_fn, key, cond)
+        else:
+            images, trajectory = sample_fn(denoise_fn, schedule, key, shape, cond=cond, **options)
         if decode is not None:
             images = decode(images)
             trajectory = None if trajectory is None else jax.lax.map(decode, trajectory)

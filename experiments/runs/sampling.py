@@ -182,7 +182,7 @@ def sample(
             mesh=builders.batch_mesh(mesh, batch), spacing=s.get("spacing"),
             clip_x0=s.get("clip_x0"), variance=s.get("variance"),
             classifier_apply=guide.apply if guide else None, classifier_scale=classifier_scale,
-            decode=decode,
+            decode=decode, config=config,
         )
 
     sample_fn = make(o.sampler, max(1, walked // GIF_FRAMES))

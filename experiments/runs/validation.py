@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.runs import classifier
+from experiments.runs import classifier, formulations
 from experiments.runtime.errors import ConfigError
 from jaxdiff import models, schedules
 from jaxdiff.samplers import grids
 
 SCHEDULES = ("linear", "cosine", "scaled_linear")
-LOSSES = ("denoising", "corruption", "noisy_classifier")
-SAMPLERS = ("ddpm", "ddpm_no_noise", "ddim", "dpm_solver_pp", "corruption")
+LOSSES = ("denoising", "corruption", "noisy_classifier", "flow_matching", "edm")
+SAMPLERS = ("ddpm", "ddpm_no_noise", "ddim", "dpm_solver_pp", "corruption",
+            *formulations.CONTINUOUS_SAMPLERS)
 STRIDED = ("ddim", "dpm_solver_pp")  # samplers that take num_steps <= T and a grid spacing
 WALKS_ALL_STEPS = ("ddpm", "ddpm_no_noise")  # samplers that walk all T steps
 
@@ -51,6 +52,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
     if int(d.num_timesteps) < 1:
         raise ConfigError(f"diffusion.num_timesteps must be >= 1, got {d.num_timesteps}")
     classifier.validate(config)
+    formulations.validate(config)
     validate_sampling(
         config, sampler=s.sampler, steps=s.steps, eta=s.eta, guidance_scale=s.guidance_scale
     )
@@ -67,6 +69,7 @@ def validate_sampling(
     """Checks sampler options (config.sample or sample.py's flags) against the run's config."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    formulations.check_sampler(config, sampler)
     if (sampler == "corruption") != (config.diffusion.loss == "corruption"):
         raise ConfigError(
             f"sampler {sampler!r} does not match diffusion.loss={config.diffusion.loss!r}: the "

@@ -25,8 +25,10 @@ Callers jit with params as an argument so they are not baked in as constants:
 
 Layout: ``_core`` (the scan, initial noise, batch constraint, step noise, table lookups),
 ``grids`` (``timestep_grid``), and one module per sampler: ``ddpm`` (with the DDPM
-single-step algebra), ``ddim`` (with ``ddim_step``), ``dpm_solver``, ``corruption``. The
-public API is ``jaxdiff.samplers.<name>``.
+single-step algebra), ``ddim`` (with ``ddim_step``), ``dpm_solver``, ``corruption``;
+``flow`` (``flow_euler``, ``flow_heun``: ``flow_euler(denoise_fn, key, shape, *, ...)``, no
+schedule, the model's output is a velocity) and ``edm_heun`` (its output is EDM's D(x;
+sigma)), the continuous-time samplers. The public API is ``jaxdiff.samplers.<name>``.
 """
 
 from jaxdiff.samplers import dpm_solver
@@ -42,11 +44,14 @@ from jaxdiff.samplers.ddpm import (
     posterior_variance,
 )
 from jaxdiff.samplers.dpm_solver import dpm_solver_pp
+from jaxdiff.samplers.edm_heun import edm_heun
+from jaxdiff.samplers.flow import FLOW_GRIDS, flow_euler, flow_grid, flow_heun, shift_time
 from jaxdiff.samplers.grids import SPACINGS, Spacing, timestep_grid
 from jaxdiff.samplers.learned_variance import learned_range_log_variance, split_learned
 
 __all__ = [
     "SPACINGS",
+    "FLOW_GRIDS",
     "DenoiseFn",
     "Result",
     "Spacing",
@@ -59,10 +64,15 @@ __all__ = [
     "ddpm_step",
     "dpm_solver",
     "dpm_solver_pp",
+    "edm_heun",
+    "flow_euler",
+    "flow_grid",
+    "flow_heun",
     "eps_mean",
     "learned_range_log_variance",
     "posterior_mean",
     "posterior_variance",
+    "shift_time",
     "split_learned",
     "timestep_grid",
 ]
