@@ -38,17 +38,13 @@ import optax
 
 from jaxdiff import conditioning, schedules
 from jaxdiff.batches import (
-    COND_KEYS,
     ApplyFn,
     Batch,
     LossFn,
     Metrics,
-    batch_cond,
     batch_image,
     model_cond,
 )
-from jaxdiff.edm import make_edm_loss
-from jaxdiff.flow_matching import make_flow_matching_loss
 from jaxdiff.schedules import CORRUPTION_TIMESTEPS
 
 LossWeighting = Literal["none", "min_snr"]

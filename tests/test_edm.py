@@ -149,7 +149,7 @@ def _euler_error(steps):
     """EDM's Euler (alg. 1 without lines 6-8) on the same grid, for comparison."""
     sigmas = edm.karras_sigmas(steps)
     x = X1 * sigmas[0]
-    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         x = x + (s_next - s) * (x - _exact_denoiser(x, jnp.full((6,), s), None)) / s
     return float(jnp.max(jnp.abs(x - ENDPOINT)))
 

@@ -8,8 +8,17 @@ import json
 import numpy as np
 import pytest
 
-from experiments.runs import builders, classifier, distillation, evaluation, formulations
-from experiments.runs import kinds, sampling, train_loop, validation
+from experiments.runs import (
+    builders,
+    classifier,
+    distillation,
+    evaluation,
+    formulations,
+    kinds,
+    sampling,
+    train_loop,
+    validation,
+)
 from experiments.runtime import errors
 
 NEW_CONFIGS = ["digits_flow", "digits_edm", "mnist_flow", "mnist_edm", "digits_dit_flow"]
@@ -67,7 +76,8 @@ def test_classifier_guidance_and_distillation_refuse_flow_and_edm_runs(tmp_path,
         with pytest.raises(errors.ConfigError, match=f"diffusion.loss='{config.diffusion.loss}'"):
             classifier.validate_guidance(config, sampler=config.sample.sampler, scale=1.0)
         # The teacher's saved config is this one (no checkpoint needed to be refused).
-        monkeypatch.setattr(distillation.restore, "load_run_config", lambda workdir: config)
+        monkeypatch.setattr(distillation.restore, "load_run_config",
+                            lambda workdir, config=config: config)
         distill_config = load("digits_distill")
         distill_config.distill.teacher_workdir = str(tmp_path / name)
         with pytest.raises(errors.ConfigError, match="progressive distillation takes a "
