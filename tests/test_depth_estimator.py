@@ -1,0 +1,81 @@
+"""The depth estimator: its loss against the numpy scores (Eigen et al. 2014 eq. 4), and a
+small one trained with experiments.train on rendered scenes whose held-out error must be
+well below that of predicting the mean depth."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import scenes_depth_estimator
+from experiments.runs import depth_estimator, kinds, train_loop
+from experiments.runtime import errors
+from jaxdiff import depth_estimation, hint_scores, scenes
+
+# A 300-step training on 16x16 scenes must beat the mean-depth baseline's RMSE by this.
+RMSE_FACTOR = 2.0
+
+
+def tiny_estimator_config(steps=300):
+    config = scenes_depth_estimator.get_config()
+    config.data.update(image_size=16, num_scenes=1000, batch_size=32)
+    config.model.update(block_out_channels=(16, 16), norm_num_groups=8)
+    config.depth_estimator.update(eval_num=200)
+    config.train.update(steps=steps, warmup_steps=20, ema_start_step=50, ema_decay=0.95,
+                        log_every=50, sample_every=steps, checkpoint_every=steps)
+    return config
+
+
+def test_depth_loss_is_mse_plus_eigen_eq4():
+    hint = np.asarray(scenes.load_scenes(4, size=8).hints)
+    pred = np.clip(hint + np.random.default_rng(0).normal(0, 0.1, hint.shape), 0, 1)
+    # A "network" that returns 2 h - 1 of the batch's own prediction, whatever its input.
+    apply_fn = lambda variables, x, t, cond, train: variables["params"] * 2.0 - 1.0  # noqa: E731
+    loss_fn = depth_estimation.make_depth_loss(apply_fn)
+    loss, metrics = loss_fn(jnp.asarray(pred, jnp.float32),
+                            {"image": jnp.zeros(hint.shape), "hint": hint}, jax.random.key(0))
+    z_pred, z = hint_scores.hint_to_depth(pred), hint_scores.hint_to_depth(hint)
+    eigen = hint_scores.scale_invariant_log_error(z_pred, z, lam=0.5).mean()
+    np.testing.assert_allclose(loss, np.mean((pred - hint) ** 2) + eigen, rtol=1e-4)
+    np.testing.assert_allclose(
+        metrics["si_log"], hint_scores.scale_invariant_log_error(z_pred, z).mean(), rtol=1e-4
+    )
+    np.testing.assert_allclose(metrics["rmse"], np.sqrt(np.mean((pred - hint) ** 2)), rtol=1e-4)
+    with pytest.raises(ValueError, match="'hint' entry"):
+        loss_fn(jnp.zeros(hint.shape), {"image": jnp.zeros(hint.shape)}, jax.random.key(0))
+
+
+@pytest.mark.slow
+def test_trained_estimator_beats_the_mean_depth_on_heldout_scenes(tmp_path):
+    config = tiny_estimator_config()
+    assert kinds.kind_of(config).name == "depth_estimator"
+    train_loop.train_and_evaluate(config, str(tmp_path))
+    history = json.loads((tmp_path / depth_estimator.EVAL_FILE).read_text())
+    last = history[-1]
+    assert last["step"] == 300 and last["num_images"] == 200
+    baseline = last["mean_depth_baseline"]
+    assert last["rmse"] * RMSE_FACTOR < baseline["rmse"], last
+    assert last["si_log"] < baseline["si_log"], last
+
+    # The restored estimator reproduces the error on the same held-out scenes.
+    estimate, info = depth_estimator.load_estimator(str(tmp_path))
+    heldout = scenes.load_scenes(200, size=16, seed=2)
+    got = depth_estimator.depth_errors(
+        estimate(heldout.images / 127.5 - 1.0), heldout.hints)
+    np.testing.assert_allclose(got["rmse"], last["rmse"], rtol=1e-4)
+    assert info["step"] == 300 and info["image_size"] == 16
+
+
+def test_estimator_configs_are_checked(tmp_path):
+    config = tiny_estimator_config()
+    config.depth_estimator.eval_seed = 1
+    with pytest.raises(errors.ConfigError, match="renders the training scenes again"):
+        kinds.kind_of(config).validate(config, num_devices=1)
+    config = tiny_estimator_config()
+    config.data.source = "digits"
+    with pytest.raises(errors.ConfigError, match="data.source='scenes'"):
+        kinds.kind_of(config).validate(config, num_devices=1)
+    with pytest.raises(errors.ConfigError, match="missing or unreadable"):
+        depth_estimator.load_estimator(str(tmp_path / "nowhere"))
