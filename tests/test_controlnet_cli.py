@@ -58,8 +58,9 @@ def test_train_keeps_the_base_and_sample_writes_hints(runs, tmp_path):
     np.testing.assert_array_equal(saved["hints"], hints.canny(heldout["image"]))
     np.testing.assert_array_equal(saved["labels"], heldout["label"])
     report = json.loads((tmp_path / "a" / "hint_report.json").read_text())
-    assert report == result["report"] and 0 <= report["f1_base"] <= 1
-    assert 0 <= report["f1_controlnet"] <= 1 and report["num_images"] == 4
+    assert report == result["report"] and report["score"] == "edge_f1"
+    assert 0 <= report["base"] <= 1 and 0 <= report["controlnet"] <= 1
+    assert report["num_images"] == 4 and report["higher_is_better"]
 
     # A hint image of another size: made grey, resized to 8x8, binarised (edge hints).
     picture = np.zeros((40, 40, 3), np.uint8)

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import scenes_depth_estimator
-from experiments.runs import depth_estimator, kinds, train_loop
+from configs import scenes, scenes_depth_controlnet, scenes_depth_estimator
+from experiments.runs import depth_estimator, kinds, sampling, train_loop
 from experiments.runtime import errors
 from jaxdiff import depth_estimation, hint_scores, scenes
 
@@ -47,11 +47,18 @@ def test_depth_loss_is_mse_plus_eigen_eq4():
         loss_fn(jnp.zeros(hint.shape), {"image": jnp.zeros(hint.shape)}, jax.random.key(0))
 
 
-@pytest.mark.slow
-def test_trained_estimator_beats_the_mean_depth_on_heldout_scenes(tmp_path):
+@pytest.fixture(scope="module")
+def estimator_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("estimator")
     config = tiny_estimator_config()
     assert kinds.kind_of(config).name == "depth_estimator"
-    train_loop.train_and_evaluate(config, str(tmp_path))
+    train_loop.train_and_evaluate(config, str(workdir))
+    return workdir
+
+
+@pytest.mark.slow
+def test_trained_estimator_beats_the_mean_depth_on_heldout_scenes(estimator_run):
+    tmp_path = estimator_run
     history = json.loads((tmp_path / depth_estimator.EVAL_FILE).read_text())
     last = history[-1]
     assert last["step"] == 300 and last["num_images"] == 200
@@ -79,3 +86,43 @@ def test_estimator_configs_are_checked(tmp_path):
         kinds.kind_of(config).validate(config, num_devices=1)
     with pytest.raises(errors.ConfigError, match="missing or unreadable"):
         depth_estimator.load_estimator(str(tmp_path / "nowhere"))
+
+
+def tiny_scenes(config):
+    """16x16 scenes, a two-level UNet of 8/16 channels, T=50, 2 steps: a base in seconds."""
+    config.data.update(image_size=16, num_scenes=100, batch_size=8)
+    config.model.update(block_out_channels=(8, 16), attention_levels=(), mid_attention=False,
+                        norm_num_groups=4)
+    config.diffusion.num_timesteps = 50
+    config.train.update(steps=2, warmup_steps=0, ema_start_step=0, sample_every=1000,
+                        checkpoint_every=2)
+    return config
+
+
+@pytest.mark.slow
+def test_hints_from_data_on_a_depth_run_writes_its_score(estimator_run, tmp_path, capsys):
+    train_loop.train_and_evaluate(tiny_scenes(scenes.get_config()), str(tmp_path / "base"))
+    config = tiny_scenes(scenes_depth_controlnet.get_config())
+    config.controlnet.update(base_workdir=str(tmp_path / "base"), hint_channels=(4,),
+                             heldout=12)
+    train_loop.train_and_evaluate(config, str(tmp_path / "depth"))
+
+    sampling.sample(str(tmp_path / "depth"), hints_from_data=4, steps=3,
+                    out=str(tmp_path / "none"))
+    assert "no score without a depth estimator" in capsys.readouterr().out
+    assert not (tmp_path / "none" / "hint_report.json").exists()
+
+    result = sampling.sample(str(tmp_path / "depth"), hints_from_data=4, steps=3,
+                             out=str(tmp_path / "a"), depth_estimator=str(estimator_run))
+    report = json.loads((tmp_path / "a" / "hint_report.json").read_text())
+    assert report == result["report"] and report["score"] == "depth_rmse"
+    assert report["depth_estimator"]["workdir"] == str(estimator_run)
+    # The same score from the saved (uint8) samples and hints, by the restored estimator.
+    saved = np.load(tmp_path / "a" / "samples.npz")
+    estimate, _ = depth_estimator.load_estimator(str(estimator_run))
+    rmse = hint_scores.depth_rmse(estimate(saved["images"] / 127.5 - 1.0), saved["hints"])
+    np.testing.assert_allclose(report["controlnet"], rmse.mean(), atol=0.01)
+    assert report["controlnet_scores"]["si_log"] >= 0 and report["base"] > 0
+
+    with pytest.raises(errors.ConfigError, match="reads 16x16 images, these are 8x8"):
+        depth_estimator.load_estimator(str(estimator_run), image_size=8)

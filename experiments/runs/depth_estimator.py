@@ -94,9 +94,11 @@ class HeldOutDepthError:
               f"si-log {self.baseline['si_log']:.4f}); wrote {self.path}")
 
 
-def load_estimator(workdir: str) -> tuple[Callable[[Any], np.ndarray], dict[str, Any]]:
+def load_estimator(workdir: str, *, image_size: int | None = None
+                   ) -> tuple[Callable[[Any], np.ndarray], dict[str, Any]]:
     """(images in [-1, 1] -> depth hints in [0, 1], {'workdir', 'step', 'image_size'}) from
-    the EMA params of a depth-estimator run's newest checkpoint."""
+    the EMA params of a depth-estimator run's newest checkpoint; ``image_size``: the size
+    of the images it will read (checked against the size it was trained on)."""
     try:
         config = restore.load_run_config(workdir)
     except (OSError, ValueError) as e:
@@ -105,6 +107,12 @@ def load_estimator(workdir: str) -> tuple[Callable[[Any], np.ndarray], dict[str,
         raise ConfigError(
             f"{workdir} is not a depth-estimator run; train one with --config "
             "configs/scenes_depth_estimator.py"
+        )
+    if image_size is not None and int(image_size) != int(config.data.image_size):
+        raise ConfigError(
+            f"the depth estimator {workdir} reads {config.data.image_size}x"
+            f"{config.data.image_size} images, these are {image_size}x{image_size}; train it "
+            f"with --config.data.image_size={image_size}"
         )
     model = builders.build_model(config)
     _, ema, step = restore.restore_for_sampling(config, workdir, model)

@@ -2,7 +2,7 @@
 npz of samples. Each mode is one function: where the model comes from (``load_run``), the
 sampler options (``resolve_options``), the conditions (``sample_conds``: labels, contexts,
 a guiding classifier's labels, a ControlNet's hints), the outputs (``write_outputs``), the
-side-by-side comparison (``write_comparison``) and a ControlNet's hint agreement
+side-by-side comparison (``write_comparison``) and a ControlNet's hint scores
 (``write_hint_report``)."""
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ from experiments.runs import (
     controlnet,
     distillation,
     finetune,
+    hint_report,
     kinds,
     restore,
     sampler_assembly,
     validation,
 )
+from experiments.runs import depth_estimator as depth_runs
 from experiments.runtime.errors import ConfigError
 from jaxdiff import distributed, viz
 from jaxdiff import train as jd_train
@@ -133,6 +135,7 @@ def sample(
     compute_hint: bool = False,
     hint_type: str | None = None,
     hints_from_data: int | None = None,
+    depth_estimator: str | None = None,
 ) -> dict[str, Any]:
     """Samples from ``workdir``'s newest checkpoint and writes grid, GIF and npz to ``out``.
 
@@ -211,6 +214,7 @@ def sample(
             out_dir, config, model, images=np.asarray(images), hint_maps=np.asarray(cond["hint"]),
             base_sample=lambda: make(o.sampler, 0, net=model.unet)(
                 model.base_params, key, cond.get("label"))[0],
+            depth_estimator=depth_estimator,
         )
         if report is not None:
             result["report"] = report
@@ -258,17 +262,25 @@ def write_outputs(out_dir: pathlib.Path, config: ml_collections.ConfigDict, *,
 
 
 def write_hint_report(out_dir: pathlib.Path, config: ml_collections.ConfigDict, model: Any, *,
-                      images: np.ndarray, hint_maps: np.ndarray, base_sample) -> Any:
-    """A ControlNet run sampled from held-out hints: ``hint_report.json``, the agreement of
-    the samples' hints with the hints given next to the base model's (``base_sample()``:
-    the same key and labels); None for depth hints, which cannot be recomputed here."""
+                      images: np.ndarray, hint_maps: np.ndarray, base_sample,
+                      depth_estimator: str | None = None) -> Any:
+    """A ControlNet run sampled from held-out hints: ``hint_report.json``, the scores of the
+    samples against the hints given next to the base model's (``base_sample()``: the same
+    key and labels; experiments/runs/hint_report.py). Depth hints are read back by the
+    depth-estimator run ``depth_estimator`` (else ``controlnet.depth_estimator``); without
+    one, None."""
+    estimate = info = None
     if config.controlnet.hint == "depth":
-        print("depth hints: no agreement score (no depth estimator runs here to read a "
-              "sample's depth); see grid.png")
-        return None
-    return controlnet.write_agreement_report(
+        workdir = depth_estimator or config.controlnet.get("depth_estimator")
+        if not workdir:
+            print("depth hints: no score without a depth estimator (--depth_estimator, a run "
+                  "of configs/scenes_depth_estimator.py); see grid.png")
+            return None
+        estimate, info = depth_runs.load_estimator(workdir, image_size=config.data.image_size)
+    return hint_report.write_report(
         out_dir / "hint_report.json", config, images=images,
         base_images=np.asarray(base_sample()), hint_maps=hint_maps,
+        estimate_depth=estimate, estimator_info=info,
     )
 
 
