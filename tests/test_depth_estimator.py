@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import scenes, scenes_depth_controlnet, scenes_depth_estimator
+from configs import scenes as scenes_config
+from configs import scenes_depth_controlnet, scenes_depth_estimator
 from experiments.runs import depth_estimator, kinds, sampling, train_loop
 from experiments.runtime import errors
 from jaxdiff import depth_estimation, hint_scores, scenes
@@ -101,7 +102,7 @@ def tiny_scenes(config):
 
 @pytest.mark.slow
 def test_hints_from_data_on_a_depth_run_writes_its_score(estimator_run, tmp_path, capsys):
-    train_loop.train_and_evaluate(tiny_scenes(scenes.get_config()), str(tmp_path / "base"))
+    train_loop.train_and_evaluate(tiny_scenes(scenes_config.get_config()), str(tmp_path / "base"))
     config = tiny_scenes(scenes_depth_controlnet.get_config())
     config.controlnet.update(base_workdir=str(tmp_path / "base"), hint_channels=(4,),
                              heldout=12)

@@ -7,7 +7,8 @@ from the same seed and labels: ``hint_report.json`` of ``experiments.sample
   line maps against the hint's; also, with a 1-pixel tolerance, the F1 and the fraction of
   the hint's line pixels covered (``line_coverage_tol1``). On 16x16 digits a 1-pixel
   tolerance spans a whole stroke: real digits of the same label already reach 0.68 there
-  (docs/controlnet.md), so the headline score is exact;
+  (docs/controlnet.md), so the headline score is exact. ``edge_coverage``: the fraction of
+  the hint's line pixels on the samples' Canny edges;
 * scribble: symmetric chamfer distance (pixels) between the samples' Canny edges and the
   scribble (lower is better);
 * segmentation: mean IoU of the regions of the samples' segmentation and of the hint;
@@ -34,6 +35,7 @@ from experiments.runs import controlnet
 from experiments.runtime.errors import ConfigError
 from jaxdiff import hint_scores, hints
 
+BASE_SAMPLES = "base_samples.npz"  # the base model's samples, beside samples.npz
 LINE_TOL = 0.0  # pixels: a Hough line pixel within this distance of the other map matches
 # hint type -> (the headline score, whether higher is better, what it measures)
 SCORES = {
@@ -75,8 +77,10 @@ def score_samples(config: ml_collections.ConfigDict, images: np.ndarray, hint_ma
     if hint == "hough":
         lines = hint_scores.line_scores(made, hint_maps, tol=LINE_TOL)
         near = hint_scores.line_scores(made, hint_maps, tol=1.0)
+        edges = hints.canny(images, **controlnet.hint_options(config))
         return {"line_f1": lines["f1"], "line_coverage": lines["recall"],
-                "line_f1_tol1": near["f1"], "line_coverage_tol1": near["recall"]}
+                "line_f1_tol1": near["f1"], "line_coverage_tol1": near["recall"],
+                "edge_coverage": hint_scores.line_scores(edges, hint_maps, tol=0)["recall"]}
     k = controlnet.SEGMENTATION_REGIONS
     got, given = (hint_scores.regions(m, num_regions=k) for m in (made, hint_maps))
     # The F1 of each region above the darkest (background) one, averaged.
@@ -119,3 +123,18 @@ def write_report(path: pathlib.Path, config: ml_collections.ConfigDict, *, image
           f"{report['controlnet']:.3f}, base model (same seed and labels) {report['base']:.3f} "
           f"({report['ratio']:.2f}x better; {others}); wrote {path}")
     return report
+
+
+def rescore(out_dir: str | pathlib.Path, config: ml_collections.ConfigDict, *,
+            estimate_depth: Estimator | None = None,
+            estimator_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``write_report`` again from the uint8 samples a ``--hints_from_data`` run saved
+    (``samples.npz`` and ``base_samples.npz`` in ``out_dir``), without sampling: the same
+    scores for hints made from the samples (they are made from uint8 grey levels anyway)."""
+    out_dir = pathlib.Path(out_dir)
+    ours, base = (np.load(out_dir / name) for name in ("samples.npz", BASE_SAMPLES))
+    return write_report(
+        out_dir / "hint_report.json", config, images=ours["images"] / 127.5 - 1.0,
+        base_images=base["images"] / 127.5 - 1.0, hint_maps=ours["hints"],
+        estimate_depth=estimate_depth, estimator_info=estimator_info,
+    )

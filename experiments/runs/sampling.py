@@ -266,7 +266,7 @@ def write_hint_report(out_dir: pathlib.Path, config: ml_collections.ConfigDict, 
                       depth_estimator: str | None = None) -> Any:
     """A ControlNet run sampled from held-out hints: ``hint_report.json``, the scores of the
     samples against the hints given next to the base model's (``base_sample()``: the same
-    key and labels; experiments/runs/hint_report.py). Depth hints are read back by the
+    key and labels, saved to ``base_samples.npz``; experiments/runs/hint_report.py). Depth hints are read back by the
     depth-estimator run ``depth_estimator`` (else ``controlnet.depth_estimator``); without
     one, None."""
     estimate = info = None
@@ -277,10 +277,11 @@ def write_hint_report(out_dir: pathlib.Path, config: ml_collections.ConfigDict, 
                   "of configs/scenes_depth_estimator.py); see grid.png")
             return None
         estimate, info = depth_runs.load_estimator(workdir, image_size=config.data.image_size)
+    base_images = np.asarray(base_sample())
+    np.savez_compressed(out_dir / hint_report.BASE_SAMPLES, images=viz.to_uint8(base_images))
     return hint_report.write_report(
-        out_dir / "hint_report.json", config, images=images,
-        base_images=np.asarray(base_sample()), hint_maps=hint_maps,
-        estimate_depth=estimate, estimator_info=info,
+        out_dir / "hint_report.json", config, images=images, base_images=base_images,
+        hint_maps=hint_maps, estimate_depth=estimate, estimator_info=info,
     )
 
 
