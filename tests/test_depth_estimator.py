@@ -97,11 +97,17 @@ def tiny_scenes(config):
     config.diffusion.num_timesteps = 50
     config.train.update(steps=2, warmup_steps=0, ema_start_step=0, sample_every=1000,
                         checkpoint_every=2)
+    config.sample.update(steps=3, num=4)
     return config
 
 
 @pytest.mark.slow
-def test_hints_from_data_on_a_depth_run_writes_its_score(estimator_run, tmp_path, capsys):
+def test_hints_from_data_on_a_depth_run_writes_its_score(tmp_path, capsys):
+    estimator_run = tmp_path / "estimator"  # two steps: any estimator scores the samples
+    config = tiny_estimator_config(steps=2)
+    config.model.update(block_out_channels=(8, 16), norm_num_groups=4)
+    config.data.num_scenes = 100
+    train_loop.train_and_evaluate(config, str(estimator_run))
     train_loop.train_and_evaluate(tiny_scenes(scenes_config.get_config()), str(tmp_path / "base"))
     config = tiny_scenes(scenes_depth_controlnet.get_config())
     config.controlnet.update(base_workdir=str(tmp_path / "base"), hint_channels=(4,),
