@@ -146,6 +146,9 @@ def sample(
     CFG for a conditional model) steers each image toward its label; an unconditional model
     then draws ``num`` images per label too.
 
+    A ControlNet run sampled ``hints_from_data`` also writes ``hint_report.json``
+    (``write_hint_report``; ``depth_estimator``: the run that reads depth hints back).
+
     Returns {'images': uint8 (N, H, W, C), 'grid', 'gif', 'npz': paths, 'seconds': float,
     and 'compare': path when asked}.
     """
@@ -266,9 +269,9 @@ def write_hint_report(out_dir: pathlib.Path, config: ml_collections.ConfigDict, 
                       depth_estimator: str | None = None) -> Any:
     """A ControlNet run sampled from held-out hints: ``hint_report.json``, the scores of the
     samples against the hints given next to the base model's (``base_sample()``: the same
-    key and labels, saved to ``base_samples.npz``; experiments/runs/hint_report.py). Depth hints are read back by the
-    depth-estimator run ``depth_estimator`` (else ``controlnet.depth_estimator``); without
-    one, None."""
+    key and labels, saved to ``base_samples.npz``; experiments/runs/hint_report.py). Depth
+    hints are read back by the depth-estimator run ``depth_estimator`` (else
+    ``controlnet.depth_estimator``); without one, None."""
     estimate = info = None
     if config.controlnet.hint == "depth":
         workdir = depth_estimator or config.controlnet.get("depth_estimator")
