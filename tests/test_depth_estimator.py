@@ -11,7 +11,7 @@ import pytest
 
 from configs import scenes as scenes_config
 from configs import scenes_depth_controlnet, scenes_depth_estimator
-from experiments.runs import depth_estimator, kinds, sampling, train_loop
+from experiments.runs import depth_estimator, hint_report, kinds, restore, sampling, train_loop
 from experiments.runtime import errors
 from jaxdiff import depth_estimation, hint_scores, scenes
 
@@ -130,6 +130,12 @@ def test_hints_from_data_on_a_depth_run_writes_its_score(tmp_path, capsys):
     rmse = hint_scores.depth_rmse(estimate(saved["images"] / 127.5 - 1.0), saved["hints"])
     np.testing.assert_allclose(report["controlnet"], rmse.mean(), atol=0.01)
     assert report["controlnet_scores"]["si_log"] >= 0 and report["base"] > 0
+    # The run without an estimator kept its samples and the base's: any estimator (here
+    # the same one, as a plain function) scores them later, as it scored them above.
+    run_config = restore.load_run_config(str(tmp_path / "depth"))
+    later = hint_report.rescore(tmp_path / "none", run_config, estimate_depth=estimate)
+    for key in ("controlnet", "base"):
+        np.testing.assert_allclose(later[key], report[key], atol=0.01)
 
     with pytest.raises(errors.ConfigError, match="reads 16x16 images, these are 8x8"):
         depth_estimator.load_estimator(str(estimator_run), image_size=8)

@@ -272,16 +272,17 @@ def write_hint_report(out_dir: pathlib.Path, config: ml_collections.ConfigDict, 
     key and labels, saved to ``base_samples.npz``; experiments/runs/hint_report.py). Depth
     hints are read back by the depth-estimator run ``depth_estimator`` (else
     ``controlnet.depth_estimator``); without one, None."""
+    base_images = np.asarray(base_sample())
+    np.savez_compressed(out_dir / hint_report.BASE_SAMPLES, images=viz.to_uint8(base_images))
     estimate = info = None
     if config.controlnet.hint == "depth":
         workdir = depth_estimator or config.controlnet.get("depth_estimator")
         if not workdir:
             print("depth hints: no score without a depth estimator (--depth_estimator, a run "
-                  "of configs/scenes_depth_estimator.py); see grid.png")
+                  "of configs/scenes_depth_estimator.py); see grid.png, and score samples.npz "
+                  f"and {hint_report.BASE_SAMPLES} later with hint_report.rescore")
             return None
         estimate, info = depth_runs.load_estimator(workdir, image_size=config.data.image_size)
-    base_images = np.asarray(base_sample())
-    np.savez_compressed(out_dir / hint_report.BASE_SAMPLES, images=viz.to_uint8(base_images))
     return hint_report.write_report(
         out_dir / "hint_report.json", config, images=images, base_images=base_images,
         hint_maps=hint_maps, estimate_depth=estimate, estimator_info=info,
