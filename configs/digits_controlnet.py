@@ -29,6 +29,8 @@ def controlnet_section(**overrides) -> ml_collections.ConfigDict:
             canny_high=200.0,  # the edges behind hough and scribble hints)
             heldout=100,  # the source's last N records: never trained on, sampled from
             seed=0,  # scribble jitter
+            # depth hints: the depth-estimator run that scores samples (--hints_from_data)
+            depth_estimator=config_dict.placeholder(str),
         )
     )
     section.update(overrides)

@@ -23,9 +23,10 @@ A ControlNet run (configs/*_controlnet.py) samples from a hint: ``--hint_image P
 hint map, or with ``--compute_hint`` an ordinary image whose hint is made) for every label
 row, or ``--hints_from_data N`` (N held-out images of the run's data set, with their
 labels). ``samples.npz`` then also holds ``hints`` (N, H, W, 1), ``grid.png`` shows each row
-of hints above its samples, and ``--hints_from_data`` writes ``hint_report.json``: the F1 at
-exact pixels between the hints of the samples and the hints they were given, next to the
-base model's from the same seed and labels.
+of hints above its samples, and ``--hints_from_data`` writes ``hint_report.json``: how
+closely the samples follow the hints they were given (a score per hint type, see
+experiments/runs/hint_report.py; depth hints are read back by ``--depth_estimator``), next
+to the base model's from the same seed and labels.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def define_flags() -> None:
     define(b, "compute_hint", False, "ControlNet: make the hint of a --hint_image photo.")
     define(s, "hint_type", None, "ControlNet: the hint type of --hint_image (checked).")
     define(i, "hints_from_data", None, "ControlNet: sample from N held-out hints.")
+    define(s, "depth_estimator", None, "ControlNet, depth hints: the depth-estimator run "
+           "(configs/scenes_depth_estimator.py) that scores --hints_from_data samples.")
 
 
 def main(argv: list[str]) -> None:
@@ -111,6 +114,7 @@ def main(argv: list[str]) -> None:
             compute_hint=f.compute_hint,
             hint_type=f.hint_type,
             hints_from_data=f.hints_from_data,
+            depth_estimator=f.depth_estimator,
         )
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from test_cli import tiny_config
 
 from configs.digits_controlnet import controlnet_section
-from experiments.runs import controlnet, kinds, restore, sampling, train_loop
+from experiments.runs import controlnet, hint_report, kinds, restore, sampling, train_loop
 from experiments.runtime import errors
 from jaxdiff import hints
 
@@ -58,8 +58,11 @@ def test_train_keeps_the_base_and_sample_writes_hints(runs, tmp_path):
     np.testing.assert_array_equal(saved["hints"], hints.canny(heldout["image"]))
     np.testing.assert_array_equal(saved["labels"], heldout["label"])
     report = json.loads((tmp_path / "a" / "hint_report.json").read_text())
-    assert report == result["report"] and 0 <= report["f1_base"] <= 1
-    assert 0 <= report["f1_controlnet"] <= 1 and report["num_images"] == 4
+    assert report == result["report"] and report["score"] == "edge_f1"
+    assert 0 <= report["base"] <= 1 and 0 <= report["controlnet"] <= 1
+    assert report["num_images"] == 4 and report["higher_is_better"]
+    # Scored again from the saved uint8 samples: the same report (hints come from uint8).
+    assert hint_report.rescore(tmp_path / "a", config) == report
 
     # A hint image of another size: made grey, resized to 8x8, binarised (edge hints).
     picture = np.zeros((40, 40, 3), np.uint8)

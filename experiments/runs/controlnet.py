@@ -1,5 +1,6 @@
 """From a ControlNet config (``config.controlnet``) to the objects of a run: the frozen base,
-the controlled model, hint data, the hinted loss, sampling conditions and hint agreement.
+the controlled model, hint data, the hinted loss and sampling conditions (the scores of
+samples against their hints: experiments/runs/hint_report.py).
 
 ``experiments.runs.kinds`` hands a config to this module when ``enabled(config)``.
 Training copies the base UNet's EMA params into ``<workdir>/base_params.msgpack`` at its
@@ -318,51 +319,3 @@ def hints_above(images: np.ndarray, hint_maps: np.ndarray, *, ncol: int) -> np.n
             blank = -np.ones((pad,) + images.shape[1:], np.float32)
             rows[-2], rows[-1] = (np.concatenate([r, blank]) for r in rows[-2:])
     return np.concatenate(rows)
-
-
-def hint_agreement(
-    config: ml_collections.ConfigDict, images: np.ndarray, hint_maps: np.ndarray
-) -> np.ndarray:
-    """Per-image F1 at exact pixels between the run's hint of ``images`` ([-1, 1]) and
-    ``hint_maps``: edge-like hints (Canny, Hough, scribble) binarised at 0.5; segmentation
-    maps scored per region, the mean of the F1s of the regions above the darkest one (the
-    background alone would reward any centred blob). Depth cannot be recomputed here."""
-    hint = config.controlnet.hint
-    if hint == "depth":
-        raise ConfigError("depth hints cannot be recomputed from samples here")
-    made = make_hints(config, images)
-    if hint != "segmentation":
-        return hints.edge_f1(made, hint_maps)
-    regions = SEGMENTATION_REGIONS - 1
-    made, given = np.rint(made * regions), np.rint(np.asarray(hint_maps) * regions)
-    return np.mean([hints.edge_f1(made == k, given == k) for k in range(1, regions + 1)], axis=0)
-
-
-def write_agreement_report(
-    path: pathlib.Path,
-    config: ml_collections.ConfigDict,
-    *,
-    images: np.ndarray,
-    base_images: np.ndarray,
-    hint_maps: np.ndarray,
-) -> dict[str, Any]:
-    """``hint_agreement`` of the ControlNet's samples and of the base model's (same seed and
-    labels) against the same hints; printed and written as JSON to ``path``."""
-    import json
-
-    controlled = hint_agreement(config, images, hint_maps)
-    base = hint_agreement(config, base_images, hint_maps)
-    report = {
-        "hint": config.controlnet.hint,
-        "num_images": int(len(images)),
-        "f1_controlnet": float(controlled.mean()),
-        "f1_base": float(base.mean()),
-        "ratio": float(controlled.mean() / max(base.mean(), 1e-9)),
-    }
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(
-        f"{report['hint']} hints of the samples vs the hints given, F1 at exact pixels over "
-        f"{report['num_images']} images: ControlNet {report['f1_controlnet']:.3f}, base model "
-        f"(same seed and labels) {report['f1_base']:.3f} ({report['ratio']:.2f}x); wrote {path}"
-    )
-    return report

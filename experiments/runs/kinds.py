@@ -27,6 +27,7 @@ from experiments.runs import (
     builders,
     classifier,
     controlnet,
+    depth_estimator,
     finetune,
     latent,
     training_data,
@@ -197,6 +198,24 @@ class ControlNet(Diffusion):
 
 
 @dataclasses.dataclass(frozen=True)
+class DepthEstimator(Diffusion):
+    """A depth estimator trained on rendered scenes (experiments/runs/depth_estimator.py): a
+    UNet at timestep 0 regressing the depth hint; its preview is the held-out error."""
+
+    name = "depth_estimator"
+
+    def validate(self, config, *, num_devices):
+        super().validate(config, num_devices=num_devices)
+        depth_estimator.validate(config)
+
+    def build_loss(self, config, model, schedule):
+        return depth_estimator.build_loss(config, model, schedule)
+
+    def preview(self, config, model, schedule, workdir, key, mesh):
+        return depth_estimator.HeldOutDepthError(config, model, schedule, workdir, key, mesh)
+
+
+@dataclasses.dataclass(frozen=True)
 class FineTune(Diffusion):
     """A run that starts from pretrained weights (``init_from``) and may freeze some of them
     (``finetune.frozen``; experiments/runs/finetune.py)."""
@@ -245,8 +264,13 @@ def is_finetune(config: ml_collections.ConfigDict) -> bool:
 KINDS: tuple[tuple[Callable[[ml_collections.ConfigDict], bool], type[Diffusion]], ...] = (
     (controlnet.enabled, ControlNet),
     (classifier.is_classifier, Classifier),
-    (autoencoder.is_autoencoder, Autoencoder),
-    (latent.is_latent, LatentDiffusion),
+    autoencoder,
+    builders,
+    classifier,
+    controlnet,
+    depth_estimator,
+    finetune,
+    latent,
     (is_student, Student),
     (is_finetune, FineTune),
     (lambda config: True, Diffusion),

@@ -2,7 +2,7 @@
 npz of samples. Each mode is one function: where the model comes from (``load_run``), the
 sampler options (``resolve_options``), the conditions (``sample_conds``: labels, contexts,
 a guiding classifier's labels, a ControlNet's hints), the outputs (``write_outputs``), the
-side-by-side comparison (``write_comparison``) and a ControlNet's hint agreement
+side-by-side comparison (``write_comparison``) and a ControlNet's hint scores
 (``write_hint_report``)."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from experiments.runs import (
     controlnet,
     distillation,
     finetune,
+    hint_report,
     kinds,
     latent,
     pipeline_sampling,
@@ -32,6 +33,7 @@ from experiments.runs import (
     sampler_assembly,
     validation,
 )
+from experiments.runs import depth_estimator as depth_runs
 from experiments.runtime.errors import ConfigError
 from jaxdiff import distributed, viz
 from jaxdiff import pretrained as jd_pretrained
@@ -136,6 +138,7 @@ def sample(
     compute_hint: bool = False,
     hint_type: str | None = None,
     hints_from_data: int | None = None,
+    depth_estimator: str | None = None,
 ) -> dict[str, Any]:
     """Samples from ``workdir``'s newest checkpoint and writes grid, GIF and npz to ``out``.
 
@@ -145,6 +148,9 @@ def sample(
     With ``classifier_workdir``, classifier guidance of scale ``classifier_scale`` (on top of
     CFG for a conditional model) steers each image toward its label; an unconditional model
     then draws ``num`` images per label too.
+
+    A ControlNet run sampled ``hints_from_data`` also writes ``hint_report.json``
+    (``write_hint_report``; ``depth_estimator``: the run that reads depth hints back).
 
     Returns {'images': uint8 (N, H, W, C), 'grid', 'gif', 'npz': paths, 'seconds': float,
     and 'compare': path when asked}.
@@ -223,7 +229,7 @@ def sample(
     if base is not None:
         report = write_hint_report(
             out_dir, config, images=np.asarray(images), hint_maps=np.asarray(cond["hint"]),
-            base_images=np.asarray(base),
+            base_images=np.asarray(base), depth_estimator=depth_estimator,
         )
         if report is not None:
             result["report"] = report
@@ -271,17 +277,26 @@ def write_outputs(out_dir: pathlib.Path, config: ml_collections.ConfigDict, *,
 
 
 def write_hint_report(out_dir: pathlib.Path, config: ml_collections.ConfigDict, *,
-                      images: np.ndarray, hint_maps: np.ndarray, base_images: np.ndarray) -> Any:
-    """A ControlNet run sampled from held-out hints: ``hint_report.json``, the agreement of
-    the samples' hints with the hints given next to the base model's (``base_images``: the
-    same key and labels); None for depth hints, which cannot be recomputed here."""
+                      images: np.ndarray, hint_maps: np.ndarray, base_images: np.ndarray,
+                      depth_estimator: str | None = None) -> Any:
+    """A ControlNet run sampled from held-out hints: ``hint_report.json``, the scores of the
+    samples against the hints given next to the base model's (``base_images``: the same
+    key and labels, saved to ``base_samples.npz``; experiments/runs/hint_report.py). Depth
+    hints are read back by the depth-estimator run ``depth_estimator`` (else
+    ``controlnet.depth_estimator``); without one, None."""
+    np.savez_compressed(out_dir / hint_report.BASE_SAMPLES, images=viz.to_uint8(base_images))
+    estimate = info = None
     if config.controlnet.hint == "depth":
-        print("depth hints: no agreement score (no depth estimator runs here to read a "
-              "sample's depth); see grid.png")
-        return None
-    return controlnet.write_agreement_report(
-        out_dir / "hint_report.json", config, images=images,
-        base_images=base_images, hint_maps=hint_maps,
+        workdir = depth_estimator or config.controlnet.get("depth_estimator")
+        if not workdir:
+            print("depth hints: no score without a depth estimator (--depth_estimator, a run "
+                  "of configs/scenes_depth_estimator.py); see grid.png, and score samples.npz "
+                  f"and {hint_report.BASE_SAMPLES} later with hint_report.rescore")
+            return None
+        estimate, info = depth_runs.load_estimator(workdir, image_size=config.data.image_size)
+    return hint_report.write_report(
+        out_dir / "hint_report.json", config, images=images, base_images=base_images,
+        hint_maps=hint_maps, estimate_depth=estimate, estimator_info=info,
     )
 
 
