@@ -46,8 +46,9 @@ def test_timestep_grids():
         full, _ = samplers.timestep_grid(40, 40, spacing)
         np.testing.assert_array_equal(full, np.arange(39, -1, -1))
     np.testing.assert_array_equal(samplers.timestep_grid(40, 3)[0], [39, 20, 0])
+    np.testing.assert_array_equal(samplers.timestep_grid(40, 3, "leading")[0], [26, 13, 0])
     with pytest.raises(ValueError, match="spacing"):
-        samplers.timestep_grid(40, 3, "leading")
+        samplers.timestep_grid(40, 3, "karras")
     with pytest.raises(ValueError, match="num_steps"):
         samplers.timestep_grid(40, 41)
 
