@@ -37,6 +37,9 @@ import jax.numpy as jnp
 import optax
 
 from jaxdiff import conditioning, schedules
+
+# Re-exported (``as``): jd.losses is where every loss and its batch helpers are found.
+from jaxdiff.batches import COND_KEYS as COND_KEYS
 from jaxdiff.batches import (
     ApplyFn,
     Batch,
@@ -45,6 +48,9 @@ from jaxdiff.batches import (
     batch_image,
     model_cond,
 )
+from jaxdiff.batches import batch_cond as batch_cond
+from jaxdiff.edm import make_edm_loss as make_edm_loss
+from jaxdiff.flow_matching import make_flow_matching_loss as make_flow_matching_loss
 from jaxdiff.schedules import CORRUPTION_TIMESTEPS
 
 LossWeighting = Literal["none", "min_snr"]
