@@ -94,6 +94,7 @@ def test_bf16_train_loss_and_gradients_match_fp32(name):
     assert loss16 != loss32  # bf16 was really used
 
 
+@pytest.mark.slow  # ~27 s of compiling on 2 cores
 def test_train_step_compiles_once():
     data = batch()
     model = UNet(**UNET)

@@ -65,6 +65,7 @@ def test_environment_variable_turns_the_options_off(monkeypatch):
     assert xla_options.compiler_options("cpu") == {}
 
 
+@pytest.mark.slow  # ~27 s of compiling on 2 cores
 def test_same_numbers_as_xla_defaults():
     # A UNet forward + gradient (convs, dots, reductions): the options only pick kernels.
     model = UNet(block_out_channels=(8, 16), layers_per_block=1, attention_levels=(1,),
