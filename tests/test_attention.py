@@ -65,12 +65,13 @@ def test_bfloat16_softmax_in_float32():
 
 
 def test_block_sizes_fit_cache_and_divide():
-    assert attention.block_sizes(32, 8, 256) == (1, 64)  # 32 x 64 x 256 = 2**19
-    assert attention.block_sizes(1, 8, 256) == (8, 256)  # 8 x 256 x 256 = 2**19
+    assert attention.block_sizes(32, 8, 256) == (1, 256)  # 32 x 256 x 256 = 2**21
+    assert attention.block_sizes(1, 8, 256) == (8, 256)
+    assert attention.block_sizes(32, 8, 256, cache_elements=2**19) == (1, 64)  # 32 x 64 x 256
     assert attention.block_sizes(4, 6, 64) == (6, 64)
     assert attention.block_sizes(2, 6, 256, cache_elements=4 * 256 * 256) == (2, 256)
     # One head too big: queries in blocks, the largest divisor of L that fits.
-    assert attention.block_sizes(32, 8, 1024) == (1, 16)  # 32 x 16 x 1024 = 2**19
+    assert attention.block_sizes(32, 8, 1024) == (1, 64)  # 32 x 64 x 1024 = 2**21
     assert attention.block_sizes(5, 2, 1000, cache_elements=5 * 1000 * 7) == (1, 5)
     assert attention.block_sizes(64, 1, 4096, cache_elements=10) == (1, 1)
 
