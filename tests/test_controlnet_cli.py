@@ -112,29 +112,14 @@ def test_bad_bases_hint_images_and_hint_types_are_one_line_errors(runs, tmp_path
 def test_hint_report_on_two_processes(runs, tmp_path):
     """Two processes (2 simulated devices each) sample held-out hints and the base model
     together; process 0 writes the report, and the samples equal one process's."""
-    import subprocess
     import sys
 
-    from test_multihost import ROOT, env, free_port
+    from test_multihost import run_two_processes
 
     _, controlled = runs
     one = sampling.sample(str(controlled), hints_from_data=4, steps=3, out=str(tmp_path / "one"))
-    address = f"localhost:{free_port()}"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "experiments.sample", f"--workdir={controlled}",
-             "--hints_from_data=4", "--steps=3", f"--out={tmp_path / 'two'}",
-             f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
-            cwd=ROOT, env=env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)
-    ]
-    try:
-        outputs = [p.communicate(timeout=600) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    run_two_processes([sys.executable, "-m", "experiments.sample", f"--workdir={controlled}",
+                       "--hints_from_data=4", "--steps=3", f"--out={tmp_path / 'two'}"])
     report = json.loads((tmp_path / "two" / "hint_report.json").read_text())
     assert report["num_images"] == 4 and set(report) == set(one["report"])
     two = np.load(tmp_path / "two" / "samples.npz")["images"].astype(int)

@@ -38,6 +38,24 @@ def env(devices):
             "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 
+def run_two_processes(args, *, timeout=600):
+    """``args`` run as processes 0 and 1 of one job (2 simulated devices each); asserts both
+    exit 0 and returns their stderr."""
+    address = f"localhost:{free_port()}"
+    procs = [subprocess.Popen(args + [f"--coordinator_address={address}", "--num_processes=2",
+                                      f"--process_id={i}"],
+                              cwd=ROOT, env=env(2), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    return [err for _, err in outputs]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multihost")
@@ -120,18 +138,7 @@ def test_evaluate_on_two_processes_equals_one_process(runs, tmp_path):
                          timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     alone = json.loads((workdir / "eval.json").read_text())
-    address = f"localhost:{free_port()}"
-    procs = [subprocess.Popen(args + [f"--coordinator_address={address}", "--num_processes=2",
-                                      f"--process_id={i}"],
-                              cwd=ROOT, env=env(2), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
-    try:
-        outputs = [p.communicate(timeout=600) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    run_two_processes(args)
     together = json.loads((workdir / "eval.json").read_text())
     (a,), (b,) = alone["results"], together["results"]
     assert a["fid"] == pytest.approx(b["fid"], rel=1e-3, abs=1e-3)
