@@ -18,6 +18,9 @@ interleaved with PyTorch, batch 32: the UNet train step ran at 0.90x PyTorch wit
 defaults, 1.02x with YNNPACK for dots and reductions (the previous options) and 1.14x with
 these (median of 3); DiT-S/2 at 0.89x with the previous options and 1.04x with these
 (median of 4).
+On 2 Intel Xeon cores, two runs on a quiet machine: the UNet and DiT-S/2 train steps ran
+1.18-1.66x faster than with XLA's defaults, DDIM/DDPM sampling within 2% (docs/performance.md,
+"What jaxdiff's CPU compile options buy").
 ``python -m experiments.benchmark --only train,dit --xla_options xla_cpu_use_onednn=false``
 times the same programs without oneDNN beside them.
 

@@ -3,11 +3,13 @@
 One persistent XLA compilation cache serves the whole test run: a program that
 several tests compile is compiled once. It is set through JAX's environment variables
 before anything imports jax, so the subprocesses that the CLI, crash, multihost and README
-tests start, and the notebook kernels, share it too. Programs that jaxdiff compiles with
-its CPU options (train steps, samplers: oneDNN dots, ``jaxdiff.xla_options``) are not
-cached: XLA cannot write oneDNN kernels to the cache yet, so those compile in each process.
-The cache holds only compiled programs, keyed on the program, its compile options and the
-jax/XLA versions: what a test computes does not change. A JAX_COMPILATION_CACHE_DIR
+tests start, and the notebook kernels, share it too. The suite compiles with XLA's default
+options (``JAXDIFF_XLA_OPTIONS=default``, unless set otherwise): XLA cannot write the oneDNN
+programs of jaxdiff's CPU options to the cache, so with them every subprocess compiled its
+train step and samplers again. The options pick kernels and never change what a program
+computes; ``tests/test_xla_options.py`` and ``tests/test_benchmark.py`` turn them on and
+check that. The cache holds only compiled programs, keyed on the program, its compile
+options and the jax/XLA versions: what a test computes does not change. A JAX_COMPILATION_CACHE_DIR
 already set is used as it is (a developer may keep one between runs).
 
 The suite runs its files in parallel worker processes (pytest-xdist, ``addopts`` in
@@ -43,11 +45,19 @@ os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxdiff-tests-xla-")
+# The docstring says why: cacheable programs, the same numbers.
+os.environ.setdefault("JAXDIFF_XLA_OPTIONS", "default")
 # Programs that compile faster than this are not worth a file (jnp's eager ops).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
+
+from experiments.bench import torchvision_ops  # noqa: E402
+
+# torchvision (requirements-bench.txt, for pytorch-fid) fails to import beside a CPU-only torch
+# and takes `import diffusers` with it, unless made importable first (its module docstring).
+torchvision_ops.ensure_importable()
 
 # Worker processes for `-n auto`: one per core, at most 4 (each holds a few GB at its peak,
 # with the CLI subprocesses some tests start).
@@ -64,6 +74,12 @@ def pytest_xdist_auto_num_workers(config):
 def pytest_sessionfinish(session, exitstatus):
     if _OWN_CACHE:
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+@pytest.fixture
+def jaxdiff_xla_options(monkeypatch):
+    """jaxdiff's own CPU compile options on (the suite runs with XLA's defaults, see above)."""
+    monkeypatch.delenv("JAXDIFF_XLA_OPTIONS", raising=False)
 
 
 @pytest.fixture

@@ -10,6 +10,10 @@ from experiments.bench import jax_side, sections, timing
 from jaxdiff import samplers, schedules
 from jaxdiff.models.unet import UNet
 
+# The suite compiles with XLA's defaults (tests/conftest.py); these tests are about jaxdiff's
+# own CPU options.
+pytestmark = pytest.mark.usefixtures("jaxdiff_xla_options")
+
 
 def test_interleaved_times_runs_variants_in_rotation():
     calls = []

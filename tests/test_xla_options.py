@@ -14,6 +14,10 @@ import pytest
 from jaxdiff import xla_options
 from jaxdiff.models.unet import UNet
 
+# The suite compiles with XLA's defaults (tests/conftest.py); these tests are about jaxdiff's
+# own CPU options.
+pytestmark = pytest.mark.usefixtures("jaxdiff_xla_options")
+
 
 def test_cpu_gets_the_options_and_other_backends_none():
     assert xla_options.compiler_options("cpu") == xla_options.CPU_OPTIONS

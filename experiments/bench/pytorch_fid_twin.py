@@ -1,11 +1,8 @@
 """pytorch-fid's ``InceptionV3`` as a twin of ``jaxdiff.inception`` (tests and benchmark).
 
 ``import_pytorch_fid()`` imports ``pytorch_fid.inception`` and ``pytorch_fid.fid_score``.
-pytorch-fid builds its network from torchvision's pure-Python ``torchvision.models.inception``.
-torchvision's PyPI wheel is built against CUDA torch; on a CPU-only torch its compiled ops
-do not load, and ``import torchvision`` then stops while registering fake kernels for the
-``nms``/``qnms`` ops it could not find. When that happens the two op schemas are declared
-(no kernel: the Inception never calls them) and the import is tried once more.
+pytorch-fid builds its network from torchvision's pure-Python ``torchvision.models.inception``;
+``experiments.bench.torchvision_ops`` makes torchvision importable beside a CPU-only torch.
 
 ``random_fid_inception(seed)`` builds pytorch-fid's ``InceptionV3`` (the 2048-d pool block)
 without downloading its weights: the FID Inception (``fid_inception_v3``) is made with
@@ -18,35 +15,21 @@ the key names of the published ``pt_inception-2015-12-05-6726825d.pth``.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-NEEDS = ("pytorch-fid needs torch, torchvision and pytorch_fid: pip install --no-deps "
-         "pytorch-fid torchvision (docs/fid.md)")
+NEEDS = ("pytorch-fid needs torch, torchvision and pytorch_fid: pip install -r "
+         "requirements-bench.txt (docs/fid.md)")
 
 
 def import_pytorch_fid() -> tuple[Any, Any]:
     """``(pytorch_fid.inception, pytorch_fid.fid_score)``; ImportError with ``NEEDS`` when a
     package is missing."""
+    from experiments.bench import torchvision_ops
+
+    torchvision_ops.ensure_importable()
     try:
-        import torch
-    except ImportError as e:
-        raise ImportError(NEEDS) from e
-    try:
+        import torch  # noqa: F401
         import torchvision  # noqa: F401
-    except ImportError as e:
-        raise ImportError(NEEDS) from e
-    except RuntimeError as e:  # CUDA torchvision on CPU torch: ops absent (see the docstring)
-        if "torchvision::" not in str(e):
-            raise
-        for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
-            del sys.modules[name]
-        library = torch.library.Library("torchvision", "FRAGMENT")
-        for op in ("nms", "qnms"):
-            library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        import_pytorch_fid.library = library  # a Library's definitions live while it does
-        import torchvision  # noqa: F401
-    try:
         from pytorch_fid import fid_score, inception
     except ImportError as e:
         raise ImportError(NEEDS) from e

@@ -18,6 +18,9 @@ def environment() -> dict[str, Any]:
     versions when installed)."""
     import flax
 
+    from experiments.bench import torchvision_ops
+
+    torchvision_ops.ensure_importable()  # diffusers imports torchvision when installed
     try:
         import diffusers
         import torch
