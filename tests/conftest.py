@@ -9,8 +9,8 @@ programs of jaxdiff's CPU options to the cache, so with them every subprocess co
 train step and samplers again. The options pick kernels and never change what a program
 computes; ``tests/test_xla_options.py`` and ``tests/test_benchmark.py`` turn them on and
 check that. The cache holds only compiled programs, keyed on the program, its compile
-options and the jax/XLA versions: what a test computes does not change. A JAX_COMPILATION_CACHE_DIR
-already set is used as it is (a developer may keep one between runs).
+options and the jax/XLA versions: what a test computes does not change. A
+JAX_COMPILATION_CACHE_DIR already set is used as it is (a developer may keep one between runs).
 
 The suite runs its files in parallel worker processes (pytest-xdist, ``addopts`` in
 pyproject.toml): much of a test's time is XLA compiling, which keeps one core busy, so one
